@@ -1,0 +1,12 @@
+"""edgetrain: train and personalize ONNX models on the device."""
+from . import ops  # registers every op
+from .errors import (EdgetrainError, InputError, KernelError, ModelLoadError, OpError, ShapeError,
+                     UnsupportedDtypeError, UnsupportedOpError)
+from .graph import load_graph
+from .runtime import InferenceSession
+
+__version__ = "0.1.0"
+
+__all__ = ["InferenceSession", "load_graph", "EdgetrainError", "InputError", "KernelError",
+           "ModelLoadError", "OpError", "ShapeError", "UnsupportedDtypeError", "UnsupportedOpError",
+           "__version__"]

@@ -1,0 +1,154 @@
+"""Elementwise ops: arithmetic, unary math, comparison, logic, Where, Clip, Cast."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .registry import OpContext, TensorType, register
+from .rules import BOOL, broadcast, np_dtype, same_as
+
+
+def _keep(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """numpy may widen 0-d or mixed operands; ONNX keeps the input's element type."""
+    return x if x.dtype == dtype else np.asarray(x).astype(dtype, copy=False)
+
+
+# --- binary arithmetic (multidirectional broadcasting, same element type in and out) -----------
+
+ARITH = (7, 13, 14)
+
+
+@register("Add", versions=ARITH, infer=broadcast())
+def add(ctx, a, b):
+    return _keep(np.add(a, b), a.dtype)
+
+
+@register("Sub", versions=ARITH, infer=broadcast())
+def sub(ctx, a, b):
+    return _keep(np.subtract(a, b), a.dtype)
+
+
+@register("Mul", versions=ARITH, infer=broadcast())
+def mul(ctx, a, b):
+    return _keep(np.multiply(a, b), a.dtype)
+
+
+@register("Div", versions=ARITH, infer=broadcast())
+def div(ctx, a, b):
+    if a.dtype.kind in "iu":  # integer division truncates toward zero
+        with np.errstate(divide="ignore"):
+            q = np.floor_divide(a, b)
+            fix = (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))
+        return _keep(q + fix.astype(q.dtype), a.dtype)
+    return _keep(np.divide(a, b), a.dtype)
+
+
+@register("Pow", versions=(7, 12, 13, 15), infer=broadcast(inputs=(0, 1)))
+def pow_(ctx, x, y):
+    if x.dtype.kind in "iu" or y.dtype.kind in "iu" and x.dtype.kind != "f":
+        return _keep(np.power(x.astype(np.float64), y.astype(np.float64)), x.dtype)
+    return _keep(np.power(x, y.astype(x.dtype, copy=False)), x.dtype)
+
+
+@register("Mod", versions=(10, 13, 28), infer=broadcast())
+def mod(ctx, a, b):
+    if ctx.attr("fmod", 0):
+        return _keep(np.fmod(a, b), a.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _keep(np.mod(a, b), a.dtype)
+
+
+def _variadic(ufunc):
+    def kernel(ctx, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = ufunc(out, x)
+        return _keep(np.asarray(out), xs[0].dtype)
+
+    return kernel
+
+
+register("Min", versions=(8, 12, 13), infer=broadcast())(_variadic(np.minimum))
+register("Max", versions=(8, 12, 13), infer=broadcast())(_variadic(np.maximum))
+
+
+# --- unary math --------------------------------------------------------------------------------
+
+def _unary(op_type, versions, fn):
+    register(op_type, versions=versions, infer=same_as(0))(
+        lambda ctx, x: _keep(fn(x), x.dtype))
+
+
+_erf64 = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Error function to double precision (numpy has none)."""
+    return _erf64(x.astype(np.float64, copy=False)).astype(np.float64)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) without overflow for large |x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+_unary("Neg", (6, 13), np.negative)
+_unary("Abs", (6, 13), np.abs)
+_unary("Sqrt", (6, 13), np.sqrt)
+_unary("Reciprocal", (6, 13), np.reciprocal)
+_unary("Exp", (6, 13), np.exp)
+_unary("Log", (6, 13), np.log)
+_unary("Sin", (7, 22), np.sin)
+_unary("Cos", (7, 22), np.cos)
+_unary("Tanh", (6, 13), np.tanh)
+_unary("Erf", (9, 13), erf)
+_unary("Sigmoid", (6, 13), sigmoid)
+
+
+# --- comparison and logic ----------------------------------------------------------------------
+
+register("Equal", versions=(7, 11, 13, 19), infer=broadcast(BOOL))(lambda ctx, a, b: np.equal(a, b))
+register("Less", versions=(7, 9, 13), infer=broadcast(BOOL))(lambda ctx, a, b: np.less(a, b))
+register("Greater", versions=(7, 9, 13), infer=broadcast(BOOL))(lambda ctx, a, b: np.greater(a, b))
+register("And", versions=(7,), infer=broadcast(BOOL))(lambda ctx, a, b: np.logical_and(a, b))
+register("Or", versions=(7,), infer=broadcast(BOOL))(lambda ctx, a, b: np.logical_or(a, b))
+register("Not", versions=(1,), infer=same_as(0))(lambda ctx, x: np.logical_not(x))
+
+
+@register("Where", versions=(9, 16), infer=broadcast(dtype_from=1))
+def where(ctx, cond, x, y):
+    return _keep(np.where(cond, x, y), x.dtype)
+
+
+# --- Clip: bounds as attributes (6) or optional inputs (11+) -----------------------------------
+
+@register("Clip", versions=(6, 11, 12, 13), infer=same_as(0))
+def clip(ctx, x, lo=None, hi=None):
+    if ctx.version < 11:
+        lo, hi = ctx.attr("min", -np.inf), ctx.attr("max", np.inf)
+    out = x
+    if lo is not None:
+        out = np.maximum(out, np.asarray(lo, dtype=x.dtype))
+    if hi is not None:
+        out = np.minimum(out, np.asarray(hi, dtype=x.dtype))
+    return _keep(np.array(out, copy=out is x), x.dtype)
+
+
+# --- Cast --------------------------------------------------------------------------------------
+
+def _cast_infer(ctx: OpContext, x: TensorType):
+    return [TensorType(np_dtype(ctx.attr("to")), x.shape)]
+
+
+@register("Cast", versions=(6, 9, 13, 19, 21, 23, 24, 25, 28), infer=_cast_infer)
+def cast(ctx, x):
+    to = np_dtype(ctx.attr("to"))
+    if to.kind in "OSU":
+        return x.astype(str).astype(object) if x.dtype.kind != "O" else x
+    if x.dtype.kind == "O":  # strings to numbers
+        return np.array([to.type(float(s)) if to.kind == "f" else to.type(s)
+                         for s in x.reshape(-1)], dtype=to).reshape(x.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return x.astype(to)

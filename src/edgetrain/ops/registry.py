@@ -1,0 +1,150 @@
+"""The op registry: for each op, the schema versions it implements, its shape rule and its kernel.
+
+An op family file registers its ops with :func:`register`::
+
+    @register("Relu", versions=(6, 13, 14), infer=same_as(0))
+    def relu(ctx, x):
+        return np.maximum(x, 0).astype(x.dtype, copy=False)
+
+* ``versions`` lists the ONNX schema ``since_version`` s the kernel implements. A model's opset is
+  resolved through ``onnx.defs`` to the schema in force; if that schema's version is not listed the
+  node is refused with :class:`UnsupportedOpError`. Behaviour that changed between versions is
+  handled in the kernel by looking at ``ctx.version``.
+* ``infer(ctx, *types) -> list[TensorType]`` is the shape rule: from the input types (dtype, concrete
+  shape, and the value when it is a constant) it gives the output types. It may give the output's
+  ``value`` when it is known without running the kernel (``Shape``, ``Size``): that is what folds
+  the shape sub-graphs of torch exports. Missing optional inputs are ``None``.
+* ``kernel(ctx, *arrays)`` returns one array or a tuple of arrays, one per node output.
+  Missing optional inputs are ``None``.
+* ``foldable=False`` keeps a node out of constant folding (random ops).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+import onnx.defs
+
+from ..errors import OpError, UnsupportedOpError
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """What is known of a tensor while planning: dtype, concrete shape, and its value if constant."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    value: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @staticmethod
+    def of(array: np.ndarray) -> "TensorType":
+        array = np.asarray(array)
+        return TensorType(array.dtype, tuple(int(d) for d in array.shape), array)
+
+
+class OpContext:
+    """Everything a shape rule or kernel needs to know about its node, fixed at plan time."""
+
+    __slots__ = ("op_type", "domain", "name", "opset", "version", "attrs", "n_inputs",
+                 "n_outputs", "extra")
+
+    def __init__(self, op_type: str, domain: str, name: str, opset: int, version: int,
+                 attrs: dict[str, Any], n_inputs: int, n_outputs: int):
+        self.op_type, self.domain, self.name = op_type, domain, name
+        self.opset, self.version = opset, version
+        self.attrs = attrs
+        self.n_inputs, self.n_outputs = n_inputs, n_outputs
+        self.extra: dict[str, Any] = {}  # per-node scratch a rule may leave for its kernel
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    def error(self, message: str) -> OpError:
+        return OpError(f"{self.op_type} node {self.name!r}: {message}")
+
+    def __repr__(self) -> str:
+        return f"<{self.op_type}-{self.version} {self.name!r}>"
+
+
+InferFn = Callable[..., Sequence[TensorType]]
+KernelFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    op_type: str
+    domain: str
+    versions: tuple[int, ...]
+    infer: InferFn
+    kernel: KernelFn
+    foldable: bool = True
+
+
+_REGISTRY: dict[tuple[str, str], OpDef] = {}
+
+
+def register(op_type: str, *, versions: Sequence[int], infer: InferFn, domain: str = "",
+             foldable: bool = True) -> Callable[[KernelFn], KernelFn]:
+    """Register ``kernel`` for ``op_type`` (decorator). One registration per op and domain."""
+
+    def deco(kernel: KernelFn) -> KernelFn:
+        key = (domain, op_type)
+        if key in _REGISTRY:
+            raise RuntimeError(f"op {op_type!r} in domain {domain!r} registered twice")
+        _REGISTRY[key] = OpDef(op_type, domain, tuple(sorted(versions)), infer, kernel, foldable)
+        return kernel
+
+    return deco
+
+
+def supported_ops(domain: str = "") -> list[str]:
+    return sorted(op for (dom, op) in _REGISTRY if dom == domain)
+
+
+def _norm_domain(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+def lookup(op_type: str, domain: str, opset: int | None, node_name: str) -> tuple[OpDef, int]:
+    """The op definition for a node, and the schema version in force at ``opset``."""
+    domain = _norm_domain(domain)
+    opdef = _REGISTRY.get((domain, op_type))
+    if opdef is None:
+        raise UnsupportedOpError(op_type, domain, opset, node_name, supported_ops(domain))
+    if opset is None:
+        raise UnsupportedOpError(op_type, domain, opset, node_name, supported_ops(domain),
+                                 f"the model imports no opset for domain {domain or 'ai.onnx'!r}")
+    if domain != "":  # our own domains: versions are ours
+        version = max((v for v in opdef.versions if v <= opset), default=None)
+    else:
+        try:
+            version = onnx.defs.get_schema(op_type, opset, domain).since_version
+        except onnx.defs.SchemaError:
+            version = None
+    if version is None or version not in opdef.versions:
+        raise UnsupportedOpError(
+            op_type, domain, opset, node_name, supported_ops(domain),
+            f"opset {opset} selects {op_type}-{version}, edgetrain implements versions "
+            f"{', '.join(map(str, opdef.versions))}")
+    return opdef, version
+
+
+def make_context(op_type: str, domain: str, name: str, opset: int, attrs: dict[str, Any],
+                 n_inputs: int, n_outputs: int) -> tuple[OpDef, OpContext]:
+    opdef, version = lookup(op_type, domain, opset, name)
+    return opdef, OpContext(op_type, _norm_domain(domain), name, opset, version, attrs,
+                            n_inputs, n_outputs)

@@ -1,0 +1,143 @@
+"""Run a model: check the feeds, infer and fold for their signature (cached), run the steps."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import EdgetrainError, InputError, KernelError
+from ..graph.infer import Inferred, Step, as_outputs, describe_types, infer
+from ..graph.ir import Graph, Value
+from ..graph.load import ModelLike, load_graph
+from ..ops.registry import TensorType
+
+
+@dataclass
+class CompiledRun:
+    """The steps for one input signature and, for each, which values die after it."""
+
+    inferred: Inferred
+    release: list[tuple[str, ...]]
+
+
+def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Feeds as arrays, checked against the declared inputs (name, dtype, rank, fixed dims)."""
+    declared = {v.name: v for v in graph.inputs}
+    expected_names = ", ".join(f"{v.name} {v.describe()}" for v in graph.inputs)
+    out: dict[str, np.ndarray] = {}
+    for name, given in feeds.items():
+        if name in graph.overridable:
+            out[name] = np.asarray(given)
+            continue
+        v = declared.get(name)
+        if v is None:
+            raise InputError(f"unknown input {name!r}; the model's inputs are: {expected_names}")
+        arr = np.asarray(given)
+        if v.dtype is not None and arr.dtype != v.dtype:
+            raise InputError(f"input {name!r} has dtype {arr.dtype}, expected {v.dtype} "
+                             f"(shape {v.describe()})")
+        if v.shape is not None:
+            bad = len(v.shape) != arr.ndim or any(
+                isinstance(d, int) and d > 0 and d != s for d, s in zip(v.shape, arr.shape))
+            if bad:
+                raise InputError(f"input {name!r} has shape {list(arr.shape)}, expected "
+                                 f"{v.describe()} (? and names are free dimensions)")
+        out[name] = arr
+    missing = [v.name for v in graph.inputs if v.name not in out]
+    if missing:
+        raise InputError(f"missing input(s) {', '.join(map(repr, missing))}; the model's inputs "
+                         f"are: {expected_names}")
+    return out
+
+
+def _signature(feeds: Mapping[str, np.ndarray]) -> tuple:
+    return tuple(sorted((k, v.dtype.str, v.shape) for k, v in feeds.items()))
+
+
+def compile_run(graph: Graph, feeds: Mapping[str, np.ndarray]) -> CompiledRun:
+    sig = {k: TensorType(v.dtype, tuple(v.shape)) for k, v in feeds.items()}
+    inferred = infer(graph, sig)
+    last_use: dict[str, int] = {}
+    for i, s in enumerate(inferred.steps):
+        for x in s.node.inputs:
+            if x:
+                last_use[x] = i
+    keep = {v.name for v in graph.outputs}
+    release: list[list[str]] = [[] for _ in inferred.steps]
+    for name, i in last_use.items():
+        if name not in keep and name not in inferred.constants:
+            release[i].append(name)
+    return CompiledRun(inferred, [tuple(r) for r in release])
+
+
+def run_step(step: Step, values: dict[str, np.ndarray], check: bool,
+             types: dict[str, TensorType]) -> None:
+    args = [values[x] if x else None for x in step.node.inputs]
+    try:
+        outs = as_outputs(step.opdef.kernel(step.ctx, *args))
+    except EdgetrainError:
+        raise
+    except Exception as e:
+        shapes = describe_types(None if a is None else TensorType(np.asarray(a).dtype, np.shape(a))
+                                for a in args)
+        raise KernelError(f"{step.node.op_type} node {step.node.name!r} failed on inputs "
+                          f"{shapes}: {type(e).__name__}: {e}") from e
+    for name, arr in zip(step.node.outputs, outs):
+        if not name:
+            continue
+        arr = np.asarray(arr)
+        if check:
+            want = types[name]
+            if arr.dtype != want.dtype or tuple(arr.shape) != want.shape:
+                raise KernelError(
+                    f"{step.node.op_type} node {step.node.name!r}: output {name!r} is "
+                    f"{arr.dtype}{list(arr.shape)} but its shape rule said "
+                    f"{want.dtype}{list(want.shape)} (an edgetrain bug; please report it)")
+        values[name] = arr
+
+
+class InferenceSession:
+    """Run an ONNX model with NumPy kernels. Mirrors ``onnxruntime.InferenceSession.run``.
+
+    ``check=True`` verifies every kernel's output against the shape rule (used by the tests).
+    """
+
+    def __init__(self, model: ModelLike, *, base_dir: str | os.PathLike | None = None,
+                 check: bool = False):
+        self.graph = model if isinstance(model, Graph) else load_graph(model, base_dir)
+        self.check = check
+        self._plans: dict[tuple, CompiledRun] = {}
+
+    def get_inputs(self) -> list[Value]:
+        return list(self.graph.inputs)
+
+    def get_outputs(self) -> list[Value]:
+        return list(self.graph.outputs)
+
+    def plan_for(self, feeds: Mapping[str, np.ndarray]) -> CompiledRun:
+        key = _signature(feeds)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = compile_run(self.graph, feeds)
+        return plan
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]
+            ) -> list[np.ndarray]:
+        feeds = check_feeds(self.graph, feeds)
+        names = list(output_names) if output_names else [v.name for v in self.graph.outputs]
+        known = {v.name for v in self.graph.outputs}
+        for n in names:
+            if n not in known:
+                raise InputError(f"unknown output {n!r}; the model's outputs are: "
+                                 f"{', '.join(sorted(known))}")
+        plan = self.plan_for(feeds)
+        values: dict[str, np.ndarray] = dict(plan.inferred.constants)
+        values.update(feeds)
+        types = plan.inferred.types
+        for step, dead in zip(plan.inferred.steps, plan.release):
+            run_step(step, values, self.check, types)
+            for name in dead:
+                values.pop(name, None)
+        return [values[n] for n in names]
