@@ -1,0 +1,29 @@
+"""The ``edgetrain`` command line. Each subcommand lives in its own module."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import EdgetrainError
+from . import run as run_cmd
+
+SUBCOMMANDS = {"run": run_cmd}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgetrain",
+        description="Train and personalize ONNX models on the device.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return SUBCOMMANDS[args.command].main(args)
+    except EdgetrainError as e:
+        print(f"edgetrain {args.command}: error: {e}", file=sys.stderr)
+        return 2
