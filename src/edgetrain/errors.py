@@ -40,5 +40,9 @@ class OpError(EdgetrainError):
     """A node's attributes or inputs are invalid for its op."""
 
 
+class ConstantRequiredError(OpError):
+    """An input that must be known while planning (axes, shape, pads...) depends on run-time data."""
+
+
 class KernelError(EdgetrainError):
     """A kernel failed while running a node; names the node, op and input shapes."""

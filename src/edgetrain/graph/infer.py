@@ -66,7 +66,8 @@ def node_context(graph: Graph, node: Node) -> tuple[OpDef, OpContext]:
 def _fold(step_opdef: OpDef, ctx: OpContext, ins: list[TensorType | None]) -> list[TensorType]:
     values = [None if t is None else t.value for t in ins]
     try:
-        outs = as_outputs(step_opdef.kernel(ctx, *values))
+        with np.errstate(all="ignore"):
+            outs = as_outputs(step_opdef.kernel(ctx, *values))
     except EdgetrainError:
         raise
     except Exception as e:
@@ -79,7 +80,9 @@ def infer(graph: Graph, signature: dict[str, TensorType], *,
           variables: Iterable[str] = ()) -> Inferred:
     """Types of every value for the given input types.
 
-    ``signature`` maps each run-time input (and any overridden initializer) to its type.
+    ``signature`` maps each run-time input (and any overridden initializer) to its type; a type
+    that carries a value makes that input known while planning (the plan is then only valid for
+    that value).
     ``variables`` names initializers that must not be folded (trainable parameters).
     """
     variables = set(variables) | set(signature)
@@ -90,7 +93,7 @@ def infer(graph: Graph, signature: dict[str, TensorType], *,
         else:
             types[name] = TensorType.of(arr)
     for name, t in signature.items():
-        types[name] = TensorType(np.dtype(t.dtype), tuple(t.shape))
+        types[name] = TensorType(np.dtype(t.dtype), tuple(t.shape), t.value)
     for name, t in types.items():
         check_dtype(t, f"input or initializer {name!r}")
 

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import onnx.helper
 
-from ..errors import ShapeError
+from ..errors import ConstantRequiredError, ShapeError
 from .registry import OpContext, TensorType
 
 BOOL = np.dtype(np.bool_)
@@ -74,8 +74,9 @@ def constant(ctx: OpContext, t: TensorType | None, what: str) -> np.ndarray | No
     if t is None:
         return None
     if t.value is None:
-        raise ctx.error(f"input {what!r} must be a constant or computable from shapes while "
-                        "planning; it depends on run-time data")
+        raise ConstantRequiredError(
+            f"{ctx.op_type} node {ctx.name!r}: input {what!r} must be a constant or computable "
+            "from shapes while planning; it depends on run-time data")
     return t.value
 
 

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import EdgetrainError, InputError, KernelError
+from ..errors import ConstantRequiredError, EdgetrainError, InputError, KernelError
 from ..graph.infer import Inferred, Step, as_outputs, describe_types, infer
 from ..graph.ir import Graph, Value
 from ..graph.load import ModelLike, load_graph
@@ -52,12 +52,20 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
     return out
 
 
-def _signature(feeds: Mapping[str, np.ndarray]) -> tuple:
-    return tuple(sorted((k, v.dtype.str, v.shape) for k, v in feeds.items()))
+def _signature(feeds: Mapping[str, np.ndarray], by_value: set[str]) -> tuple:
+    return tuple(sorted((k, v.dtype.str, v.shape, v.tobytes() if k in by_value else b"")
+                        for k, v in feeds.items()))
 
 
-def compile_run(graph: Graph, feeds: Mapping[str, np.ndarray]) -> CompiledRun:
-    sig = {k: TensorType(v.dtype, tuple(v.shape)) for k, v in feeds.items()}
+def small_feeds(feeds: Mapping[str, np.ndarray]) -> set[str]:
+    """Feeds that may carry axes, shapes, pads or scales: numeric vectors of at most 64 elements."""
+    return {k for k, v in feeds.items() if v.dtype.kind in "iuf" and v.ndim <= 1 and v.size <= 64}
+
+
+def compile_run(graph: Graph, feeds: Mapping[str, np.ndarray],
+                by_value: set[str] = frozenset()) -> CompiledRun:
+    sig = {k: TensorType(v.dtype, tuple(v.shape), v if k in by_value else None)
+           for k, v in feeds.items()}
     inferred = infer(graph, sig)
     last_use: dict[str, int] = {}
     for i, s in enumerate(inferred.steps):
@@ -109,6 +117,9 @@ class InferenceSession:
         self.graph = model if isinstance(model, Graph) else load_graph(model, base_dir)
         self.check = check
         self._plans: dict[tuple, CompiledRun] = {}
+        # inputs whose values the plan depends on (a graph that takes axes or a shape as an
+        # input); found on the first plan that needs them, then part of the plan's cache key
+        self._by_value: set[str] = set()
 
     def get_inputs(self) -> list[Value]:
         return list(self.graph.inputs)
@@ -117,10 +128,18 @@ class InferenceSession:
         return list(self.graph.outputs)
 
     def plan_for(self, feeds: Mapping[str, np.ndarray]) -> CompiledRun:
-        key = _signature(feeds)
+        key = _signature(feeds, self._by_value)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = compile_run(self.graph, feeds)
+            try:
+                plan = compile_run(self.graph, feeds, self._by_value)
+            except ConstantRequiredError:
+                candidates = small_feeds(feeds) - self._by_value
+                if not candidates:
+                    raise
+                self._by_value |= candidates
+                return self.plan_for(feeds)
+            self._plans[key] = plan
         return plan
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]
@@ -136,8 +155,9 @@ class InferenceSession:
         values: dict[str, np.ndarray] = dict(plan.inferred.constants)
         values.update(feeds)
         types = plan.inferred.types
-        for step, dead in zip(plan.inferred.steps, plan.release):
-            run_step(step, values, self.check, types)
-            for name in dead:
-                values.pop(name, None)
+        with np.errstate(all="ignore"):  # ONNX arithmetic is IEEE: inf and nan are results
+            for step, dead in zip(plan.inferred.steps, plan.release):
+                run_step(step, values, self.check, types)
+                for name in dead:
+                    values.pop(name, None)
         return [values[n] for n in names]

@@ -1,0 +1,144 @@
+"""Normalization ops: BatchNormalization (inference and training modes), LayerNormalization."""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import OpContext, TensorType, register
+from .rules import normalize_axis, shape_error
+
+
+def _work_dtype(*dtypes: np.dtype) -> np.dtype:
+    """Statistics are computed in at least float32 (float16 sums overflow and lose digits)."""
+    return np.result_type(np.float32, *dtypes)
+
+
+# --- BatchNormalization ------------------------------------------------------------------------
+# X is (N, C, D1, ..., Dk); scale, B, mean, var are (C,) -- or (C, D1, ..., Dk) with spatial=0
+# (versions 1-7). Modes and outputs by version:
+#   1, 6:  training when is_test=0 (the default); outputs Y, mean, var, saved_mean, saved_var.
+#   7, 9:  no mode attribute; training when the node asks for more than Y (as onnxruntime does).
+#   14,15: training_mode attribute; outputs Y, running_mean, running_var (in input_mean's type).
+# Training normalizes with the batch statistics (population variance) and updates the running
+# ones: running = input * momentum + batch * (1 - momentum). saved_mean/saved_var are the batch
+# statistics. In inference mode any extra outputs asked for pass the input statistics through.
+
+def _bn_training(ctx: OpContext) -> bool:
+    if ctx.version >= 14:
+        return bool(ctx.attr("training_mode", 0))
+    if ctx.version >= 7:
+        return ctx.n_outputs > 1
+    return not ctx.attr("is_test", 0)
+
+
+def _bn_spatial(ctx: OpContext) -> bool:
+    return ctx.version >= 9 or bool(ctx.attr("spatial", 1))
+
+
+def _bn_rule(ctx: OpContext, x: TensorType, scale: TensorType, b: TensorType, mean: TensorType,
+             var: TensorType) -> list[TensorType]:
+    if x.rank < 2:
+        raise shape_error(ctx, "X must be (N, C, ...) with rank >= 2", x, scale, b, mean, var)
+    stat_shape = (x.shape[1],) if _bn_spatial(ctx) else x.shape[1:]
+    want = int(np.prod(stat_shape, dtype=np.int64))
+    for name, t in (("scale", scale), ("B", b), ("mean", mean), ("var", var)):
+        if t is None:
+            raise ctx.error(f"input {name!r} is required")
+        if t.size != want:
+            raise shape_error(ctx, f"{name} must have shape {list(stat_shape)} for this X",
+                              x, scale, b, mean, var)
+    outs = [TensorType(x.dtype, x.shape)]
+    if ctx.version >= 14:  # running_mean, running_var
+        outs += [TensorType(mean.dtype, mean.shape), TensorType(var.dtype, var.shape)]
+    else:  # mean, var, saved_mean, saved_var, all of X's type
+        outs += [TensorType(x.dtype, mean.shape), TensorType(x.dtype, var.shape)] * 2
+    return outs[:max(ctx.n_outputs, 1)]
+
+
+@register("BatchNormalization", versions=(1, 6, 7, 9, 14, 15), infer=_bn_rule)
+def batch_normalization(ctx, x, scale, b, mean, var):  # x (N,C,...) -> Y like x (+ stats (C,))
+    work = _work_dtype(x.dtype, scale.dtype, b.dtype, mean.dtype, var.dtype)
+    eps = float(ctx.attr("epsilon", 1e-5))
+    spatial = _bn_spatial(ctx)
+    stat_shape = (x.shape[1],) if spatial else x.shape[1:]
+    bshape = (1,) + stat_shape + (1,) * (x.ndim - 1 - len(stat_shape))  # broadcast against X
+
+    def param(a):
+        return np.asarray(a).astype(work, copy=False).reshape(bshape)
+
+    xw = x.astype(work, copy=False)
+    training = _bn_training(ctx)
+    if training:
+        axes = (0,) + tuple(range(2, x.ndim)) if spatial else (0,)
+        cur_mean = xw.mean(axis=axes, keepdims=True)
+        cur_var = np.square(xw - cur_mean).mean(axis=axes, keepdims=True)
+        m, v = cur_mean, cur_var
+    else:
+        m, v = param(mean), param(var)
+    a = param(scale) / np.sqrt(v + work.type(eps))
+    y = ((xw - m) * a + param(b)).astype(x.dtype, copy=False)
+    if ctx.n_outputs <= 1:
+        return y
+    if training:
+        mom = work.type(ctx.attr("momentum", 0.9))
+        run_mean = param(mean) * mom + cur_mean * (1 - mom)
+        run_var = param(var) * mom + cur_var * (1 - mom)
+        stats = [run_mean, run_var, cur_mean, cur_var]
+    else:
+        stats = [mean, var, mean, var]
+    dtypes = [mean.dtype, var.dtype] if ctx.version >= 14 else [x.dtype] * 4
+    shapes = [mean.shape, var.shape] * 2
+    outs = [np.asarray(s).reshape(sh).astype(d) for s, sh, d in zip(stats, shapes, dtypes)]
+    return (y, *outs)[:ctx.n_outputs]
+
+
+# --- LayerNormalization ------------------------------------------------------------------------
+# Normalizes over the dimensions [axis, rank). Mean and InvStdDev have the stash type (float32 by
+# default) and shape X.shape[:axis] + (1,) * (rank - axis). Stage one (mean, variance,
+# normalization) runs in the wider of the stash type and X's type (float64 X keeps its precision;
+# onnxruntime does the same), then the normalized values are cast back to X's type and scaled.
+
+_STASH = {1: np.dtype(np.float32), 10: np.dtype(np.float16), 11: np.dtype(np.float64)}
+
+
+def _ln_stash(ctx: OpContext) -> np.dtype:
+    code = int(ctx.attr("stash_type", 1))
+    if code not in _STASH:
+        raise ctx.error(f"stash_type {code} is not supported; use 1 (float)")
+    return _STASH[code]
+
+
+def _ln_rule(ctx: OpContext, x: TensorType, scale: TensorType,
+             b: TensorType | None = None) -> list[TensorType]:
+    if x.rank == 0:
+        raise shape_error(ctx, "X must have rank >= 1", x, scale, b)
+    axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.rank)
+    for t in (scale, b):
+        if t is None:
+            continue
+        try:
+            ok = np.broadcast_shapes(x.shape, t.shape) == x.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise shape_error(ctx, "Scale and B must broadcast to X", x, scale, b)
+    stash = _ln_stash(ctx)
+    stat = TensorType(stash, x.shape[:axis] + (1,) * (x.rank - axis))
+    return [TensorType(x.dtype, x.shape), stat, stat][:max(ctx.n_outputs, 1)]
+
+
+@register("LayerNormalization", versions=(17,), infer=_ln_rule)
+def layer_normalization(ctx, x, scale, b=None):  # x (..., normalized dims) -> Y, Mean, InvStdDev
+    axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
+    stash = _ln_stash(ctx)
+    work = np.promote_types(stash, x.dtype)
+    eps = work.type(ctx.attr("epsilon", 1e-5))
+    axes = tuple(range(axis, x.ndim))
+    xs = x.astype(work, copy=False)
+    mean = xs.mean(axis=axes, keepdims=True)
+    d = xs - mean
+    inv_std = 1 / np.sqrt(np.mean(d * d, axis=axes, keepdims=True) + eps)
+    y = (d * inv_std).astype(x.dtype, copy=False) * scale.astype(x.dtype, copy=False)
+    if b is not None:
+        y = y + b.astype(x.dtype, copy=False)
+    y = y.astype(x.dtype, copy=False)
+    return (y, mean.astype(stash, copy=False), inv_std.astype(stash, copy=False))[:ctx.n_outputs]
