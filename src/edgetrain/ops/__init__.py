@@ -4,8 +4,8 @@ from importlib import import_module
 from .registry import OpContext, OpDef, TensorType, lookup, register, supported_ops
 
 FAMILIES = (
-    "elementwise", "activation", "normalization", "linalg", "reduce", "tensor", "shape_ops",
-    "conv", "pool", "rnn", "resize",
+    "elementwise", "activation", "normalization", "linalg", "reduce", "tensor", "index",
+    "shape_ops", "conv", "pool", "rnn", "resize",
 )
 
 for _family in FAMILIES:
