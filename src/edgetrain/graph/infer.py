@@ -94,13 +94,15 @@ def infer(graph: Graph, signature: dict[str, TensorType], *,
             types[name] = TensorType.of(arr)
     for name, t in signature.items():
         types[name] = TensorType(np.dtype(t.dtype), tuple(t.shape), t.value)
-    for name, t in types.items():
-        check_dtype(t, f"input or initializer {name!r}")
 
     steps: list[Step] = []
     for node in graph.nodes:
         opdef, ctx = node_context(graph, node)
         ins = [types[x] if x else None for x in node.inputs]
+        if not opdef.any_dtype:
+            for x, t in zip(node.inputs, ins):
+                if t is not None:
+                    check_dtype(t, f"input {x!r} of {node.op_type} node {node.name!r}")
         present = [t for t in ins if t is not None]
         if opdef.foldable and all(t.value is not None for t in present):
             outs = _fold(opdef, ctx, ins)
@@ -120,7 +122,8 @@ def infer(graph: Graph, signature: dict[str, TensorType], *,
                              f"but its op gives {len(outs)}")
         for name, t in zip(node.outputs, outs):
             if name:
-                check_dtype(t, f"output {name!r} of {node.op_type} node {node.name!r}")
+                if not opdef.any_dtype:
+                    check_dtype(t, f"output {name!r} of {node.op_type} node {node.name!r}")
                 types[name] = t
 
     needed = {x for s in steps for x in s.node.inputs if x} | {v.name for v in graph.outputs}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 
 from .registry import OpContext, TensorType, register
 from .rules import BOOL, broadcast, np_dtype, same_as
@@ -142,13 +144,23 @@ def _cast_infer(ctx: OpContext, x: TensorType):
     return [TensorType(np_dtype(ctx.attr("to")), x.shape)]
 
 
-@register("Cast", versions=(6, 9, 13, 19, 21, 23, 24, 25, 28), infer=_cast_infer)
-def cast(ctx, x):
-    to = np_dtype(ctx.attr("to"))
+_FLOAT8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
+           onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ}
+
+
+@register("Cast", versions=(6, 9, 13, 19, 21, 23, 24, 25, 28), infer=_cast_infer, any_dtype=True)
+def cast(ctx, x):  # any shape; element type -> `to` (also to and from float8/int4 storage types)
+    code = ctx.attr("to")
+    to = np_dtype(code)
+    saturate = bool(ctx.attr("saturate", 1))
     if to.kind in "OSU":
         return x.astype(str).astype(object) if x.dtype.kind != "O" else x
     if x.dtype.kind == "O":  # strings to numbers
         return np.array([to.type(float(s)) if to.kind == "f" else to.type(s)
                          for s in x.reshape(-1)], dtype=to).reshape(x.shape)
+    if code in _FLOAT8 and saturate:
+        return onnx.numpy_helper.saturate_cast(x, to)
+    if code == onnx.TensorProto.FLOAT8E8M0:
+        return onnx.numpy_helper.to_float8e8m0(x, saturate, ctx.attr("round_mode", "up")).astype(to)
     with np.errstate(invalid="ignore", over="ignore"):
         return x.astype(to)

@@ -17,6 +17,8 @@ An op family file registers its ops with :func:`register`::
 * ``kernel(ctx, *arrays)`` returns one array or a tuple of arrays, one per node output.
   Missing optional inputs are ``None``.
 * ``foldable=False`` keeps a node out of constant folding (random ops).
+* ``any_dtype=True`` lets an op take and give element types that have no NumPy arithmetic
+  (bfloat16, float8, int4: storage types from ml_dtypes); every other op refuses them.
 """
 from __future__ import annotations
 
@@ -92,20 +94,22 @@ class OpDef:
     infer: InferFn
     kernel: KernelFn
     foldable: bool = True
+    any_dtype: bool = False
 
 
 _REGISTRY: dict[tuple[str, str], OpDef] = {}
 
 
 def register(op_type: str, *, versions: Sequence[int], infer: InferFn, domain: str = "",
-             foldable: bool = True) -> Callable[[KernelFn], KernelFn]:
+             foldable: bool = True, any_dtype: bool = False) -> Callable[[KernelFn], KernelFn]:
     """Register ``kernel`` for ``op_type`` (decorator). One registration per op and domain."""
 
     def deco(kernel: KernelFn) -> KernelFn:
         key = (domain, op_type)
         if key in _REGISTRY:
             raise RuntimeError(f"op {op_type!r} in domain {domain!r} registered twice")
-        _REGISTRY[key] = OpDef(op_type, domain, tuple(sorted(versions)), infer, kernel, foldable)
+        _REGISTRY[key] = OpDef(op_type, domain, tuple(sorted(versions)), infer, kernel, foldable,
+                               any_dtype)
         return kernel
 
     return deco
