@@ -1,18 +1,16 @@
 """The op registry and the op families. Importing this package registers every op."""
 from importlib import import_module
 
-from .registry import OpContext, OpDef, TensorType, lookup, register, supported_ops
+from .registry import (ET_DOMAIN, OpContext, OpDef, TensorType, differentiable_ops, gradient,
+                       gradient_rule, lookup, register, supported_ops)
 
 FAMILIES = (
     "elementwise", "activation", "normalization", "linalg", "reduce", "tensor", "index",
-    "shape_ops", "conv", "pool", "rnn", "resize",
+    "shape_ops", "conv", "pool", "rnn", "resize", "grad_ops",
 )
 
 for _family in FAMILIES:
-    try:
-        import_module(f"{__name__}.{_family}")
-    except ModuleNotFoundError as _e:  # a family still being written
-        if _e.name != f"{__name__}.{_family}":
-            raise
+    import_module(f"{__name__}.{_family}")
 
-__all__ = ["OpContext", "OpDef", "TensorType", "lookup", "register", "supported_ops", "FAMILIES"]
+__all__ = ["ET_DOMAIN", "OpContext", "OpDef", "TensorType", "differentiable_ops", "gradient",
+           "gradient_rule", "lookup", "register", "supported_ops", "FAMILIES"]

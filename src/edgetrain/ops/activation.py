@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .registry import OpContext, TensorType, register
+from .registry import OpContext, TensorType, gradient, register
 from .rules import BOOL, normalize_axis, same_as
 from .elementwise import erf
 
@@ -181,3 +181,8 @@ def dropout(ctx, x, ratio=None, training_mode=None):  # x: any shape -> (y, mask
 @register("Identity", versions=(1, 13, 14, 16, 19, 21, 23, 24, 25), infer=same_as(0))
 def identity(ctx, x):  # x: any shape -> the same array (values are never written in place)
     return x
+
+
+@gradient("Identity")
+def identity_grad(g, node, dys):
+    return [dys[0]]

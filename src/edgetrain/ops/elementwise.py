@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from .registry import OpContext, TensorType, register
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
 from .rules import BOOL, broadcast, np_dtype, same_as
 
 
@@ -26,14 +26,35 @@ def add(ctx, a, b):
     return _keep(np.add(a, b), a.dtype)
 
 
+@gradient("Add")
+def add_grad(g, node, dys):  # d(a + b) = da + db, each summed back to its input's shape
+    dy, (a, b) = dys[0], node.inputs
+    return [g.sum_to(dy, a) if g.needs(node, 0) else None,
+            g.sum_to(dy, b) if g.needs(node, 1) else None]
+
+
 @register("Sub", versions=ARITH, infer=broadcast())
 def sub(ctx, a, b):
     return _keep(np.subtract(a, b), a.dtype)
 
 
+@gradient("Sub")
+def sub_grad(g, node, dys):
+    dy, (a, b) = dys[0], node.inputs
+    return [g.sum_to(dy, a) if g.needs(node, 0) else None,
+            g.sum_to(g.op("Neg", [dy]), b) if g.needs(node, 1) else None]
+
+
 @register("Mul", versions=ARITH, infer=broadcast())
 def mul(ctx, a, b):
     return _keep(np.multiply(a, b), a.dtype)
+
+
+@gradient("Mul")
+def mul_grad(g, node, dys):  # da = dy * b, db = dy * a
+    dy, (a, b) = dys[0], node.inputs
+    return [g.sum_to(g.op("Mul", [dy, b]), a) if g.needs(node, 0) else None,
+            g.sum_to(g.op("Mul", [dy, a]), b) if g.needs(node, 1) else None]
 
 
 @register("Div", versions=ARITH, infer=broadcast())
@@ -46,11 +67,42 @@ def div(ctx, a, b):
     return _keep(np.divide(a, b), a.dtype)
 
 
+@gradient("Div")
+def div_grad(g, node, dys):  # y = a / b: da = dy / b, db = -dy * y / b
+    dy, (a, b), y = dys[0], node.inputs, node.outputs[0]
+    da = g.sum_to(g.op("Div", [dy, b]), a) if g.needs(node, 0) else None
+    db = None
+    if g.needs(node, 1):
+        db = g.sum_to(g.op("Neg", [g.op("Mul", [dy, g.op("Div", [y, b])])]), b)
+    return [da, db]
+
+
 @register("Pow", versions=(7, 12, 13, 15), infer=broadcast(inputs=(0, 1)))
 def pow_(ctx, x, y):
     if x.dtype.kind in "iu" or y.dtype.kind in "iu" and x.dtype.kind != "f":
         return _keep(np.power(x.astype(np.float64), y.astype(np.float64)), x.dtype)
     return _keep(np.power(x, y.astype(x.dtype, copy=False)), x.dtype)
+
+
+@gradient("Pow")
+def pow_grad(g, node, dys):  # z = x^p: dx = dy * p * x^(p-1), dp = dy * z * log(x)
+    dy, (x, p), z = dys[0], node.inputs, node.outputs[0]
+    dx, dp = g.et("PowGrad", [dy, x, p, z], 2)
+    return [g.sum_to(dx, x) if g.needs(node, 0) else None,
+            g.sum_to(dp, p) if g.needs(node, 1) else None]
+
+
+def _pow_grad_infer(ctx, dy, x, p, z):
+    return [TensorType(dy.dtype, dy.shape), TensorType(p.dtype, dy.shape)]
+
+
+@register("PowGrad", versions=(1,), infer=_pow_grad_infer, domain=ET_DOMAIN)
+def pow_grad_kernel(ctx, dy, x, p, z):  # all broadcast to dy's shape
+    pc = p.astype(dy.dtype, copy=False)
+    dx = dy * pc * np.power(x, pc - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dp = np.where(z != 0, dy * z * np.log(np.where(x > 0, x, 1)), 0)
+    return _keep(dx, dy.dtype), np.asarray(dp).astype(p.dtype, copy=False)
 
 
 @register("Mod", versions=(10, 13, 28), infer=broadcast())
@@ -75,12 +127,7 @@ register("Min", versions=(8, 12, 13), infer=broadcast())(_variadic(np.minimum))
 register("Max", versions=(8, 12, 13), infer=broadcast())(_variadic(np.maximum))
 
 
-# --- unary math --------------------------------------------------------------------------------
-
-def _unary(op_type, versions, fn):
-    register(op_type, versions=versions, infer=same_as(0))(
-        lambda ctx, x: _keep(fn(x), x.dtype))
-
+# --- unary math: kernel and derivative side by side -------------------------------------------
 
 _erf64 = np.frompyfunc(math.erf, 1, 1)
 
@@ -96,17 +143,42 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-_unary("Neg", (6, 13), np.negative)
-_unary("Abs", (6, 13), np.abs)
-_unary("Sqrt", (6, 13), np.sqrt)
-_unary("Reciprocal", (6, 13), np.reciprocal)
-_unary("Exp", (6, 13), np.exp)
-_unary("Log", (6, 13), np.log)
-_unary("Sin", (7, 22), np.sin)
-_unary("Cos", (7, 22), np.cos)
-_unary("Tanh", (6, 13), np.tanh)
-_unary("Erf", (9, 13), erf)
-_unary("Sigmoid", (6, 13), sigmoid)
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+# op: (versions, f, f' as a function of the input x or the output y, which of the two f' reads)
+UNARY = {
+    "Neg": ((6, 13), np.negative, lambda v: np.full_like(v, -1), "x"),
+    "Abs": ((6, 13), np.abs, np.sign, "x"),
+    "Sqrt": ((6, 13), np.sqrt, lambda y: 0.5 / y, "y"),
+    "Reciprocal": ((6, 13), np.reciprocal, lambda y: -y * y, "y"),
+    "Exp": ((6, 13), np.exp, lambda y: y, "y"),
+    "Log": ((6, 13), np.log, np.reciprocal, "x"),
+    "Sin": ((7, 22), np.sin, np.cos, "x"),
+    "Cos": ((7, 22), np.cos, lambda x: -np.sin(x), "x"),
+    "Tanh": ((6, 13), np.tanh, lambda y: 1 - y * y, "y"),
+    "Erf": ((9, 13), erf, lambda x: _TWO_OVER_SQRT_PI * np.exp(-x * x), "x"),
+    "Sigmoid": ((6, 13), sigmoid, lambda y: y * (1 - y), "y"),
+}
+
+
+def _unary_kernel(fn):
+    return lambda ctx, x: _keep(fn(x), x.dtype)
+
+
+def _unary_grad(g, node, dys):  # dx = dy * f'(x or y)
+    uses = UNARY[node.op_type][3]
+    v = node.inputs[0] if uses == "x" else node.outputs[0]
+    return [g.et("UnaryGrad", [dys[0], v], of=node.op_type)]
+
+
+for _op, (_versions, _fn, _deriv, _uses) in UNARY.items():
+    register(_op, versions=_versions, infer=same_as(0))(_unary_kernel(_fn))
+    gradient(_op)(_unary_grad)
+
+
+@register("UnaryGrad", versions=(1,), infer=same_as(0), domain=ET_DOMAIN)
+def unary_grad(ctx, dy, v):  # dy (S), v (S): the op's input or output -> dx (S)
+    return _keep(dy * UNARY[ctx.attr("of")][2](v), dy.dtype)
 
 
 # --- comparison and logic ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .registry import OpContext, TensorType, register
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
 from .rules import INT64, constant, normalize_axes, normalize_axis, shape_error
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
@@ -133,6 +133,51 @@ REDUCE_OPS: dict[str, tuple[tuple[int, ...], int, ReduceFn]] = {
 
 for _op, (_versions, _, _fn) in REDUCE_OPS.items():
     register(_op, versions=_versions, infer=_reduce_infer)(_make_kernel(_fn))
+
+
+# --- gradients: dx = dy (kept dims, broadcast back) * d reduce / dx -----------------------------
+
+def _argext_share(x, y):  # ties share the gradient evenly, as torch's amax/amin do
+    hit = (x == y)
+    return hit / hit.sum(axis=tuple(i for i in range(x.ndim) if y.shape[i] == 1 and
+                                    x.shape[i] != 1), keepdims=True)
+
+
+# op -> d y / d x as a function of x and y (y with kept dims, broadcast against x)
+REDUCE_GRADS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "ReduceSum": lambda x, y: 1,
+    "ReduceMean": lambda x, y: y.size / x.size,
+    "ReduceMax": _argext_share,
+    "ReduceMin": _argext_share,
+    "ReduceL2": lambda x, y: np.divide(x, y, out=np.zeros_like(x), where=y != 0),
+    "ReduceLogSumExp": lambda x, y: np.exp(x - y),
+}
+
+
+def _reduce_grad(g, node, dys):
+    inputs = [dys[0], node.inputs[0], node.outputs[0]] + list(node.inputs[1:2])
+    return [g.et("ReduceGrad", inputs, of=node.op_type, **node.attrs)]
+
+
+for _op in REDUCE_OPS:
+    gradient(_op)(_reduce_grad)
+
+
+def _reduce_grad_infer(ctx: OpContext, dy: TensorType, x: TensorType, *rest):
+    return [TensorType(dy.dtype, x.shape)]
+
+
+@register("ReduceGrad", versions=(1,), infer=_reduce_grad_infer, domain=ET_DOMAIN)
+def reduce_grad(ctx, dy, x, y, axes=None):  # dy, y (reduced), x (S) -> dx (S)
+    given = ctx.attr("axes") if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+    ax = reduce_axes(ctx, x.ndim, given)
+    if ax is None:  # the forward was the identity
+        return dy.copy()
+    kept = reduced_shape(x.shape, ax, True)
+    dyk, yk = dy.reshape(kept), y.reshape(kept)
+    dx = np.empty(x.shape, dtype=dy.dtype)
+    np.multiply(dyk, REDUCE_GRADS[ctx.attr("of")](x, yk), out=dx, casting="unsafe")
+    return dx
 
 
 # --- ArgMax ------------------------------------------------------------------------------------

@@ -99,6 +99,40 @@ class OpDef:
 
 _REGISTRY: dict[tuple[str, str], OpDef] = {}
 
+# Our own domain, for backward and optimizer ops (training graphs are ONNX with these nodes).
+ET_DOMAIN = "ai.edgetrain"
+
+# op_type (default domain or ours) -> gradient rule; see edgetrain.autodiff for the contract
+_GRADIENTS: dict[tuple[str, str], Callable] = {}
+
+
+def gradient(op_type: str, domain: str = "") -> Callable[[Callable], Callable]:
+    """Register the gradient rule of ``op_type`` (decorator), beside its kernel.
+
+    A rule ``rule(g, node, dys) -> list`` gets a :class:`edgetrain.autodiff.GradBuilder`, the
+    forward node and one gradient value name per node output (``None`` where no gradient flows),
+    and returns one gradient value name per node input (``None`` for no gradient). It emits the
+    backward computation as nodes with ``g.op(...)``; it must only emit for inputs where
+    ``g.needs(node, i)`` is true.
+    """
+
+    def deco(rule: Callable) -> Callable:
+        key = (domain, op_type)
+        if key in _GRADIENTS:
+            raise RuntimeError(f"gradient of {op_type!r} registered twice")
+        _GRADIENTS[key] = rule
+        return rule
+
+    return deco
+
+
+def gradient_rule(op_type: str, domain: str = "") -> Callable | None:
+    return _GRADIENTS.get((_norm_domain(domain), op_type))
+
+
+def differentiable_ops() -> list[str]:
+    return sorted(op for (dom, op) in _GRADIENTS if dom == "")
+
 
 def register(op_type: str, *, versions: Sequence[int], infer: InferFn, domain: str = "",
              foldable: bool = True, any_dtype: bool = False) -> Callable[[KernelFn], KernelFn]:
