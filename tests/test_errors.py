@@ -1,33 +1,27 @@
 """Each kind of bad input gets an error that names the culprit."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgetrain
 from edgetrain import (InputError, ModelLoadError, ShapeError, UnsupportedDtypeError,
                        UnsupportedOpError)
-
-
-def _model(nodes, inputs, outputs, inits=(), opset=17, domains=()):
-    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    ops = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
-    return helper.make_model(g, opset_imports=ops)
+from oracle import make_model, value_info
 
 
 def _add_model(x_shape=("N", 3), y_shape=("N", 3)):
-    return _model([helper.make_node("Add", ["X", "Y"], ["Z"], name="the_add")],
-                  [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape),
-                   helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)],
-                  [helper.make_tensor_value_info("Z", TensorProto.FLOAT, None)])
+    return make_model([helper.make_node("Add", ["X", "Y"], ["Z"], name="the_add")],
+                      [value_info("X", TensorProto.FLOAT, x_shape),
+                       value_info("Y", TensorProto.FLOAT, y_shape)],
+                      [value_info("Z", TensorProto.FLOAT, None)])
 
 
 # --- UnsupportedOpError -----------------------------------------------------------------------
 
 def test_unknown_op_names_op_domain_opset_node_and_supported():
-    m = _model([helper.make_node("FancyOp", ["X"], ["Y"], name="my_node")],
-               [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])],
-               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])], opset=17)
+    m = make_model([helper.make_node("FancyOp", ["X"], ["Y"], name="my_node")],
+                   [value_info("X", TensorProto.FLOAT, [2])],
+                   [value_info("Y", TensorProto.FLOAT, [2])], opset=17)
     with pytest.raises(UnsupportedOpError) as e:
         edgetrain.InferenceSession(m).run(None, {"X": np.zeros(2, np.float32)})
     msg = str(e.value)
@@ -37,10 +31,11 @@ def test_unknown_op_names_op_domain_opset_node_and_supported():
 
 
 def test_custom_domain_op_is_refused_by_name():
-    m = _model([helper.make_node("FusedGelu", ["X"], ["Y"], name="fg", domain="com.microsoft")],
-               [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])],
-               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])],
-               domains=("com.microsoft",))
+    m = make_model([helper.make_node("FusedGelu", ["X"], ["Y"], name="fg",
+                                     domain="com.microsoft")],
+                   [value_info("X", TensorProto.FLOAT, [2])],
+                   [value_info("Y", TensorProto.FLOAT, [2])],
+                   domains=("com.microsoft",))
     with pytest.raises(UnsupportedOpError, match=r"FusedGelu.*com\.microsoft.*fg"):
         edgetrain.InferenceSession(m).run(None, {"X": np.zeros(2, np.float32)})
 
@@ -54,9 +49,9 @@ def test_op_version_not_implemented_names_the_version():
 
 
 def test_unsupported_dtype_names_the_value():
-    m = _model([helper.make_node("Relu", ["X"], ["Y"])],
-               [helper.make_tensor_value_info("X", TensorProto.BFLOAT16, [2])],
-               [helper.make_tensor_value_info("Y", TensorProto.BFLOAT16, [2])])
+    m = make_model([helper.make_node("Relu", ["X"], ["Y"])],
+                   [value_info("X", TensorProto.BFLOAT16, [2])],
+                   [value_info("Y", TensorProto.BFLOAT16, [2])])
     sess = edgetrain.InferenceSession(m)
     x = np.zeros(2, dtype=sess.get_inputs()[0].dtype)
     with pytest.raises(UnsupportedDtypeError, match=r"'X'.*bfloat16"):
@@ -82,9 +77,9 @@ def test_empty_and_missing_file(tmp_path):
 @pytest.mark.parametrize("fraction", [0.3, 0.5, 0.9, 0.99])
 def test_truncated_file(tmp_path, fraction):
     w = numpy_helper.from_array(np.arange(64 * 64, dtype=np.float32).reshape(64, 64), "W")
-    m = _model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")],
-               [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
-               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 64])], [w])
+    m = make_model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")],
+                   [value_info("X", TensorProto.FLOAT, ["N", 64])],
+                   [value_info("Y", TensorProto.FLOAT, ["N", 64])], [w])
     data = m.SerializeToString()
     path = tmp_path / "cut.onnx"
     path.write_bytes(data[: int(len(data) * fraction)])
@@ -100,9 +95,9 @@ def _external_model(tmp_path, location):
     for k, v in {"location": location, "offset": "0", "length": "64"}.items():
         e = w.external_data.add()
         e.key, e.value = k, v
-    m = _model([helper.make_node("MatMul", ["X", "W"], ["Y"])],
-               [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4])],
-               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4])], [w])
+    m = make_model([helper.make_node("MatMul", ["X", "W"], ["Y"])],
+                   [value_info("X", TensorProto.FLOAT, [1, 4])],
+                   [value_info("Y", TensorProto.FLOAT, [1, 4])], [w])
     folder = tmp_path / "model_dir"
     folder.mkdir()
     path = folder / "model.onnx"
@@ -153,9 +148,9 @@ def test_external_data_from_bytes_needs_a_folder(tmp_path):
 
 
 def test_undefined_value_is_a_load_error():
-    m = _model([helper.make_node("Relu", ["nowhere"], ["Y"], name="r")],
-               [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])],
-               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])])
+    m = make_model([helper.make_node("Relu", ["nowhere"], ["Y"], name="r")],
+                   [value_info("X", TensorProto.FLOAT, [2])],
+                   [value_info("Y", TensorProto.FLOAT, [2])])
     with pytest.raises(ModelLoadError, match=r"'r'.*'nowhere'"):
         edgetrain.InferenceSession(m)
 

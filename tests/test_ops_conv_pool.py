@@ -4,52 +4,25 @@ onnxruntime has no float64 Conv/ConvTranspose/AveragePool kernels: for float64 w
 float32 cast of the same inputs and compare with a float32-sized tolerance.
 """
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import helper
 
-import edgetrain
 from edgetrain import OpError, ShapeError
+from oracle import one_node, run_ort, run_ort_float32, run_ours
 
 ORT_F64 = {"MaxPool"}  # ops onnxruntime runs in float64
 
 
-def one_node(op, arrays, n_out=1, opset=17, out_dtypes=None, **attrs):
-    names = [f"x{i}" for i in range(len(arrays))]
-    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-           for n, a in zip(names, arrays)]
-    out_dtypes = out_dtypes or [arrays[0].dtype] * n_out
-    outs = [helper.make_tensor_value_info(f"y{i}", helper.np_dtype_to_tensor_dtype(np.dtype(d)),
-                                          None) for i, d in enumerate(out_dtypes)]
-    node = helper.make_node(op, names, [o.name for o in outs], **attrs)
-    model = helper.make_model(helper.make_graph([node], "g", ins, outs),
-                              opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
-    return model, dict(zip(names, arrays))
-
-
-def ours(model, feeds):
-    return edgetrain.InferenceSession(model, check=True).run(None, feeds)
-
-
-def ort_run(model, feeds):
-    return ort.InferenceSession(model.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
-def compare(op, arrays, n_out=1, opset=17, rtol=None, atol=None, **attrs):
+def compare(op, arrays, outputs=1, opset=17, rtol=None, atol=None, **attrs):
     """Run one node with edgetrain and onnxruntime (float32 stand-in for float64) and compare."""
     dtype = arrays[0].dtype
-    model, feeds = one_node(op, arrays, n_out, opset, **attrs)
-    got = ours(model, feeds)
+    model, feeds = one_node(op, arrays, outputs, opset, **attrs)
+    got = run_ours(model, feeds)
     if dtype == np.float64 and op not in ORT_F64:
-        arrays32 = [a.astype(np.float32) for a in arrays]
-        model32, feeds32 = one_node(op, arrays32, n_out, opset, **attrs)
-        ref, tol = ort_run(model32, feeds32), 1e-4
+        ref, tol = run_ort_float32(model, feeds), 1e-4
     else:
-        ref, tol = ort_run(model, feeds), {np.float16: 1e-2}.get(dtype.type, 1e-5)
+        ref, tol = run_ort(model, feeds), {np.float16: 1e-2}.get(dtype.type, 1e-5)
     for g, r in zip(got, ref):
-        assert g.dtype == (r.dtype if dtype != np.float64 or r.dtype == np.int64 else dtype)
+        assert g.dtype == r.dtype
         assert g.shape == r.shape, (g.shape, r.shape, attrs)
         np.testing.assert_allclose(g.astype(np.float64), r.astype(np.float64),
                                    rtol=rtol or tol, atol=atol or tol, err_msg=str(attrs))
@@ -115,13 +88,13 @@ def test_conv_opset11_and_22_and_bigger_image():
 def test_conv_errors_name_the_problem():
     x, w = np.zeros((1, 4, 5, 5), np.float32), np.zeros((2, 3, 3, 3), np.float32)
     with pytest.raises(ShapeError, match="C/group"):
-        ours(*one_node("Conv", [x, w]))
+        run_ours(*one_node("Conv", [x, w]))
     with pytest.raises(ShapeError, match="kernel_shape"):
-        ours(*one_node("Conv", [x, np.zeros((2, 4, 3, 3), np.float32)], kernel_shape=[2, 2]))
+        run_ours(*one_node("Conv", [x, np.zeros((2, 4, 3, 3), np.float32)], kernel_shape=[2, 2]))
     with pytest.raises(ShapeError, match="spatial shape"):
-        ours(*one_node("Conv", [x, np.zeros((2, 4, 7, 7), np.float32)]))
+        run_ours(*one_node("Conv", [x, np.zeros((2, 4, 7, 7), np.float32)]))
     with pytest.raises(OpError, match="strides"):
-        ours(*one_node("Conv", [x, np.zeros((2, 4, 3, 3), np.float32)], strides=[1, 1, 1]))
+        run_ours(*one_node("Conv", [x, np.zeros((2, 4, 3, 3), np.float32)], strides=[1, 1, 1]))
 
 
 # --- ConvTranspose -----------------------------------------------------------------------------
@@ -162,19 +135,19 @@ def test_conv_transpose_same_upper_matches_spec():
     # spec: SAME_UPPER puts the odd padding pixel at the end (node test convtranspose_autopad_same)
     x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
     w = np.ones((1, 1, 3, 3), np.float32)
-    (y,) = ours(*one_node("ConvTranspose", [x, w], auto_pad="SAME_UPPER", strides=[2, 2]))
-    (full,) = ours(*one_node("ConvTranspose", [x, w], strides=[2, 2]))
+    (y,) = run_ours(*one_node("ConvTranspose", [x, w], auto_pad="SAME_UPPER", strides=[2, 2]))
+    (full,) = run_ours(*one_node("ConvTranspose", [x, w], strides=[2, 2]))
     assert y.shape == (1, 1, 6, 6)
     np.testing.assert_array_equal(y, full[:, :, :6, :6])
-    (lower,) = ours(*one_node("ConvTranspose", [x, w], auto_pad="SAME_LOWER", strides=[2, 2]))
+    (lower,) = run_ours(*one_node("ConvTranspose", [x, w], auto_pad="SAME_LOWER", strides=[2, 2]))
     np.testing.assert_array_equal(lower, full[:, :, 1:, 1:])
 
 
 def test_conv_transpose_output_shape_larger_than_full_pads_with_zeros():
     rng = np.random.default_rng(3)
     x, w = _rand(rng, (1, 2, 3, 3), np.float32), _rand(rng, (2, 1, 3, 3), np.float32)
-    (full,) = ours(*one_node("ConvTranspose", [x, w], strides=[3, 2]))  # 9 x 7
-    (y,) = ours(*one_node("ConvTranspose", [x, w], strides=[3, 2], output_shape=[10, 8]))
+    (full,) = run_ours(*one_node("ConvTranspose", [x, w], strides=[3, 2]))  # 9 x 7
+    (y,) = run_ours(*one_node("ConvTranspose", [x, w], strides=[3, 2], output_shape=[10, 8]))
     assert y.shape == (1, 1, 10, 8)
     np.testing.assert_array_equal(y[:, :, :9, :7], full)
     assert not y[:, :, 9].any() and not y[:, :, :, 7].any()
@@ -210,7 +183,7 @@ def test_maxpool_random_with_indices_matches_onnxruntime(nd, dtype):
         x = _rand(rng, shape, dtype)
         if i % 2 and nd == 2:
             attrs["storage_order"] = 1
-        compare("MaxPool", [x], n_out=2, out_dtypes=[dtype, np.int64], **attrs)
+        compare("MaxPool", [x], [dtype, np.int64], **attrs)
         compare("MaxPool", [x], **attrs)
 
 
@@ -247,11 +220,11 @@ def test_averagepool_ceil_window_past_the_padding_counts_only_up_to_padding():
     # positions 4, 5, 6: input row 3, one pad row, and one row beyond the padding (not counted)
     model, feeds = one_node("AveragePool", [x], kernel_shape=[3, 3], strides=[2, 2],
                             pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)
-    (y,) = ours(model, feeds)
+    (y,) = run_ours(model, feeds)
     assert y.shape == (1, 1, 3, 3)
     assert y[0, 0, 2, 2] == pytest.approx(15 / 4)
     assert y[0, 0, 0, 2] == pytest.approx((3 + 7) / 6)
-    np.testing.assert_allclose(y, ort_run(model, feeds)[0])
+    np.testing.assert_allclose(y, run_ort(model, feeds)[0])
 
 
 @pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
@@ -265,20 +238,20 @@ def test_global_pools(op, shape):
 def test_pool_errors():
     x = np.zeros((1, 2, 4, 4), np.float32)
     with pytest.raises(OpError, match="kernel_shape"):
-        ours(*one_node("MaxPool", [x]))
+        run_ours(*one_node("MaxPool", [x]))
     with pytest.raises(OpError, match="kernel_shape"):
-        ours(*one_node("AveragePool", [x], kernel_shape=[2]))
+        run_ours(*one_node("AveragePool", [x], kernel_shape=[2]))
     with pytest.raises(ShapeError, match="spatial shape"):
-        ours(*one_node("MaxPool", [x], kernel_shape=[5, 5]))
+        run_ours(*one_node("MaxPool", [x], kernel_shape=[5, 5]))
     with pytest.raises(OpError, match="auto_pad"):
-        ours(*one_node("MaxPool", [x], kernel_shape=[2, 2], auto_pad="SAME"))
+        run_ours(*one_node("MaxPool", [x], kernel_shape=[2, 2], auto_pad="SAME"))
 
 
 def test_maxpool_indices_never_point_into_padding():
     # every real value equals the padding value: the index must still name a real element
     for x in (np.full((1, 2, 4, 5), -np.inf, np.float32), np.full((1, 2, 4, 5), -128, np.int8)):
-        y, idx = ours(*one_node("MaxPool", [x], n_out=2, out_dtypes=[x.dtype, np.int64],
-                                kernel_shape=[3, 3], pads=[1, 2, 1, 0], strides=[2, 1]))
+        y, idx = run_ours(*one_node("MaxPool", [x], [x.dtype, np.int64], kernel_shape=[3, 3],
+                                    pads=[1, 2, 1, 0], strides=[2, 1]))
         assert idx.min() >= 0 and idx.max() < x.size
         np.testing.assert_array_equal(x.reshape(-1)[idx], y)
         assert (idx // 20 == np.arange(2)[None, :, None, None]).all()  # own (n, c) plane
@@ -296,12 +269,12 @@ def test_blocked_kernels_match_unblocked(monkeypatch):
              ("AveragePool", [x], dict(kernel_shape=[3, 3], pads=[1] * 4, ceil_mode=1,
                                        strides=[2, 2])),
              ("MaxPool", [x], dict(kernel_shape=[2, 3], pads=[1] * 4, strides=[2, 2]))]
-    before = [ours(*one_node(op, arrs, **a)) for op, arrs, a in cases]
+    before = [run_ours(*one_node(op, arrs, **a)) for op, arrs, a in cases]
     monkeypatch.setattr(conv_mod, "COLS_BUDGET", 1)
     monkeypatch.setattr(conv_mod, "BLOCK_BUDGET", 300)
     monkeypatch.setattr(pool_mod, "BLOCK_BUDGET", 200)
     for (op, arrs, a), ref in zip(cases, before):
-        (got,) = ours(*one_node(op, arrs, **a))
+        (got,) = run_ours(*one_node(op, arrs, **a))
         np.testing.assert_allclose(got, ref[0], rtol=1e-6, atol=1e-6)
         compare(op, arrs, **a)
 
@@ -317,5 +290,5 @@ def test_older_opsets(opset):
     compare("AveragePool", [x], opset=opset, kernel_shape=[3, 2], pads=[1, 1, 1, 0],
             count_include_pad=1)
     n_out = 2 if opset >= 8 else 1
-    compare("MaxPool", [x], n_out=n_out, opset=opset, out_dtypes=[np.float32, np.int64][:n_out],
-            kernel_shape=[2, 3], strides=[2, 1])
+    compare("MaxPool", [x], [np.float32, np.int64][:n_out], opset=opset, kernel_shape=[2, 3],
+            strides=[2, 1])

@@ -5,30 +5,10 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import mutually_broadcastable_shapes
-from onnx import helper
 
-import edgetrain
+from oracle import one_node, run_both, run_ours
 
 SETTINGS = settings(max_examples=40, deadline=None)
-
-
-def one_node(op, in_arrays, out_dtypes, opset=17, **attrs):
-    names = [f"x{i}" for i in range(len(in_arrays))]
-    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-           for n, a in zip(names, in_arrays)]
-    outs = [helper.make_tensor_value_info(f"y{i}", helper.np_dtype_to_tensor_dtype(np.dtype(d)), None)
-            for i, d in enumerate(out_dtypes)]
-    node = helper.make_node(op, names, [o.name for o in outs], **attrs)
-    model = helper.make_model(helper.make_graph([node], "g", ins, outs),
-                              opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
-    return model, dict(zip(names, in_arrays))
-
-
-def both(model, feeds):
-    ours = edgetrain.InferenceSession(model, check=True).run(None, feeds)
-    ref = ort.InferenceSession(model.SerializeToString(),
-                               providers=["CPUExecutionProvider"]).run(None, feeds)
-    return ours, ref
 
 
 def arrays(draw, shapes, dtype, nonzero=False):
@@ -57,7 +37,7 @@ def test_binary_broadcasting_matches_onnxruntime(data, op, dtype, shapes):
     dtype = np.dtype(dtype)
     a, b = arrays(data.draw, shapes.input_shapes, dtype, nonzero=op == "Div")
     model, feeds = one_node(op, [a, b], [BINARY[op] or dtype])
-    (ours,), (ref,) = both(model, feeds)
+    (ours,), (ref,) = run_both(model, feeds)
     assert ours.shape == ref.shape == shapes.result_shape
     assert ours.dtype == ref.dtype
     if dtype.kind == "f":
@@ -76,7 +56,7 @@ def test_where_broadcasting_matches_numpy(data, shapes, dtype):
     cond = np.asarray(rng.random(cshape) > 0.5)
     x, y = arrays(data.draw, [xshape, yshape], dtype)
     model, feeds = one_node("Where", [cond, x, y], [dtype])
-    (ours,), (ref,) = both(model, feeds)
+    (ours,), (ref,) = run_both(model, feeds)
     np.testing.assert_array_equal(ours, np.where(cond, x, y))
     np.testing.assert_array_equal(ours, ref)
 
@@ -87,7 +67,7 @@ def test_variadic_max_min_broadcast(data, shapes):
     xs = arrays(data.draw, shapes.input_shapes, np.dtype(np.float32))
     for op, ref in (("Max", np.maximum), ("Min", np.minimum)):
         model, feeds = one_node(op, xs, [np.float32])
-        (ours,) = edgetrain.InferenceSession(model, check=True).run(None, feeds)
+        (ours,) = run_ours(model, feeds)
         np.testing.assert_array_equal(ours, ref(ref(xs[0], xs[1]), xs[2]))
 
 
@@ -102,9 +82,9 @@ def test_unary_matches_onnxruntime(op, dtype):
         x[0, 0, :3] = [-100, 100, 0]  # no overflow warnings or NaNs at the extremes
     model, feeds = one_node(op, [x], [dtype])
     try:
-        (ours,), (ref,) = both(model, feeds)
+        (ours,), (ref,) = run_both(model, feeds)
     except ort.capi.onnxruntime_pybind11_state.NotImplemented:
-        (ours,) = edgetrain.InferenceSession(model, check=True).run(None, feeds)
+        (ours,) = run_ours(model, feeds)
         ref = {"Erf": np.vectorize(__import__("math").erf)}.get(op, getattr(np, op.lower(), None))(x)
     np.testing.assert_allclose(ours, ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=1e-7)
 
@@ -113,15 +93,9 @@ def test_unary_matches_onnxruntime(op, dtype):
                                           (13, (None, None)), (13, (1.0, -1.0))])
 def test_clip_bounds(opset, bounds):
     x = np.linspace(-3, 3, 13, dtype=np.float32)
-    lo, hi = bounds
-    ins = [x] + [np.array(v, np.float32) for v in bounds if v is not None]
-    names = ["x0", "x1" if lo is not None else "", ("x2" if lo is not None else "x1") if hi is not None else ""]
-    vis = [helper.make_tensor_value_info(f"x{i}", onnx.TensorProto.FLOAT, a.shape) for i, a in enumerate(ins)]
-    node = helper.make_node("Clip", [n for n in names], ["y0"])
-    model = helper.make_model(helper.make_graph([node], "g", vis, [helper.make_tensor_value_info("y0", 1, None)]),
-                              opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
-    feeds = {f"x{i}": a for i, a in enumerate(ins)}
-    (ours,), (ref,) = both(model, feeds)
+    ins = [x] + [None if v is None else np.array(v, np.float32) for v in bounds]  # None: absent
+    model, feeds = one_node("Clip", ins, [np.float32], opset)
+    (ours,), (ref,) = run_both(model, feeds)
     np.testing.assert_array_equal(ours, ref)
 
 
@@ -131,7 +105,7 @@ def test_integer_div_and_mod_signs(fmod):
     b = np.array([2, 2, -2, -2, 3, -4], np.int64)
     for op, kw in (("Div", {}), ("Mod", {"fmod": fmod})):
         model, feeds = one_node(op, [a, b], [np.int64], **kw)
-        (ours,), (ref,) = both(model, feeds)
+        (ours,), (ref,) = run_both(model, feeds)
         np.testing.assert_array_equal(ours, ref)
 
 
@@ -140,5 +114,5 @@ def test_cast_float_to_int_and_bool():
     for to, dt in ((onnx.TensorProto.INT32, np.int32), (onnx.TensorProto.BOOL, np.bool_),
                    (onnx.TensorProto.FLOAT16, np.float16), (onnx.TensorProto.DOUBLE, np.float64)):
         model, feeds = one_node("Cast", [x], [dt], to=to)
-        (ours,), (ref,) = both(model, feeds)
+        (ours,), (ref,) = run_both(model, feeds)
         np.testing.assert_array_equal(ours, ref)

@@ -1,40 +1,13 @@
 """MatMul, Gemm, Einsum and the reductions against onnxruntime, plus edge cases."""
 import numpy as np
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings, strategies as st
-from onnx import helper, numpy_helper
 
 import edgetrain
+from oracle import assert_close, one_node, run_both, run_ours
 
 SETTINGS = settings(max_examples=30, deadline=None)
 RNG = np.random.default_rng(0)
-
-
-def one_node(op, in_arrays, out_dtypes, opset=17, consts=None, **attrs):
-    """One-node model; ``in_arrays`` are fed, ``consts`` (name -> array, or None for an absent
-    optional input) become initializers placed after them."""
-    names = [f"x{i}" for i in range(len(in_arrays))]
-    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-           for n, a in zip(names, in_arrays)]
-    inits = [numpy_helper.from_array(v, k) for k, v in (consts or {}).items() if v is not None]
-    node_ins = names + [("" if v is None else k) for k, v in (consts or {}).items()]
-    outs = [helper.make_tensor_value_info(f"y{i}", helper.np_dtype_to_tensor_dtype(np.dtype(d)),
-                                          None) for i, d in enumerate(out_dtypes)]
-    node = helper.make_node(op, node_ins, [o.name for o in outs], **attrs)
-    model = helper.make_model(helper.make_graph([node], "g", ins, outs, initializer=inits),
-                              opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
-    return model, dict(zip(names, in_arrays))
-
-
-def ours(model, feeds):
-    return edgetrain.InferenceSession(model, check=True).run(None, feeds)
-
-
-def both(model, feeds):
-    ref = ort.InferenceSession(model.SerializeToString(),
-                               providers=["CPUExecutionProvider"]).run(None, feeds)
-    return ours(model, feeds), ref
 
 
 def rand(shape, dtype):
@@ -45,12 +18,10 @@ def rand(shape, dtype):
 
 
 def close(a, b, dtype):
-    assert a.dtype == b.dtype and a.shape == b.shape
-    if np.dtype(dtype).kind == "f":
-        tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
-    else:
-        np.testing.assert_array_equal(a, b)
+    """Within 1e-5 for float32, 1e-12 for float64; equal for the other types."""
+    dtype = np.dtype(dtype)
+    tol = (1e-5 if dtype == np.float32 else 1e-12) if dtype.kind == "f" else 0.0
+    assert_close(a, b, rtol=tol, atol=tol)
 
 
 # --- MatMul ------------------------------------------------------------------------------------
@@ -70,14 +41,14 @@ def matmul_shapes(draw):
 @given(shapes=matmul_shapes(), dtype=st.sampled_from([np.float32, np.float64, np.int32, np.int64]))
 def test_matmul_matches_onnxruntime(shapes, dtype):
     a, b = rand(shapes[0], dtype), rand(shapes[1], dtype)
-    (y,), (ref,) = both(*one_node("MatMul", [a, b], [dtype], opset=13))
+    (y,), (ref,) = run_both(*one_node("MatMul", [a, b], [dtype], opset=13))
     close(y, ref, dtype)
     assert y.shape == np.matmul(a, b).shape
 
 
 def test_matmul_float16_accumulates_wide():
     a, b = rand((3, 4, 64), np.float16), rand((64, 5), np.float16)
-    (y,) = ours(*one_node("MatMul", [a, b], [np.float16]))
+    (y,) = run_ours(*one_node("MatMul", [a, b], [np.float16]))
     want = (a.astype(np.float32) @ b.astype(np.float32)).astype(np.float16)
     assert y.dtype == np.float16
     np.testing.assert_array_equal(y, want)
@@ -85,18 +56,18 @@ def test_matmul_float16_accumulates_wide():
 
 def test_matmul_noncontiguous_batch_and_zero_k():
     a = rand((4, 3, 2), np.float32).transpose(1, 0, 2)  # [3, 4, 2], not C-contiguous
-    (y,) = ours(*one_node("MatMul", [np.ascontiguousarray(a), rand((2, 5), np.float32)],
-                          [np.float32]))
+    (y,) = run_ours(*one_node("MatMul", [np.ascontiguousarray(a), rand((2, 5), np.float32)],
+                              [np.float32]))
     assert y.shape == (3, 4, 5)
-    (y,) = ours(*one_node("MatMul", [rand((2, 0), np.float32), rand((0, 3), np.float32)],
-                          [np.float32]))
+    (y,) = run_ours(*one_node("MatMul", [rand((2, 0), np.float32), rand((0, 3), np.float32)],
+                              [np.float32]))
     np.testing.assert_array_equal(y, np.zeros((2, 3), np.float32))
 
 
 @pytest.mark.parametrize("sa,sb", [((2, 3), (4, 5)), ((2, 2, 3), (3, 3, 4)), ((), (3,))])
 def test_matmul_bad_shapes(sa, sb):
     with pytest.raises(edgetrain.ShapeError):
-        ours(*one_node("MatMul", [rand(sa, np.float32), rand(sb, np.float32)], [np.float32]))
+        run_ours(*one_node("MatMul", [rand(sa, np.float32), rand(sb, np.float32)], [np.float32]))
 
 
 # --- Gemm --------------------------------------------------------------------------------------
@@ -111,16 +82,16 @@ def test_gemm_matches_onnxruntime(dtype, trans, cshape):
     consts = {"c": None if cshape is None else rand(cshape, dtype)}
     model, feeds = one_node("Gemm", [a, b], [dtype], opset=13, consts=consts, alpha=0.5,
                             beta=-2.0, transA=trans[0], transB=trans[1])
-    (y,), (ref,) = both(model, feeds)
+    (y,), (ref,) = run_both(model, feeds)
     close(y, ref, dtype)
 
 
 def test_gemm_integer_and_old_opset():
     a, b, c = rand((2, 3), np.int64), rand((3, 4), np.int64), rand((4,), np.int64)
-    (y,) = ours(*one_node("Gemm", [a, b, c], [np.int64], opset=13, alpha=2.0, beta=3.0))
+    (y,) = run_ours(*one_node("Gemm", [a, b, c], [np.int64], opset=13, alpha=2.0, beta=3.0))
     np.testing.assert_array_equal(y, 2 * a @ b + 3 * c)
     a, b, c = rand((2, 3), np.float32), rand((3, 4), np.float32), rand((2, 4), np.float32)
-    (y,), (ref,) = both(*one_node("Gemm", [a, b, c], [np.float32], opset=7))
+    (y,), (ref,) = run_both(*one_node("Gemm", [a, b, c], [np.float32], opset=7))
     close(y, ref, np.float32)
 
 
@@ -128,7 +99,7 @@ def test_gemm_integer_and_old_opset():
 def test_gemm_bad_c(cshape):
     a, b = rand((3, 4), np.float32), rand((4, 5), np.float32)
     with pytest.raises(edgetrain.ShapeError):
-        ours(*one_node("Gemm", [a, b], [np.float32], consts={"c": rand(cshape, np.float32)}))
+        run_ours(*one_node("Gemm", [a, b], [np.float32], consts={"c": rand(cshape, np.float32)}))
 
 
 # --- Einsum ------------------------------------------------------------------------------------
@@ -158,7 +129,7 @@ EINSUM = [
 @pytest.mark.parametrize("eq,shapes", EINSUM, ids=[e for e, _ in EINSUM])
 def test_einsum_matches_onnxruntime(eq, shapes, dtype):
     xs = [rand(s, dtype) for s in shapes]
-    (y,), (ref,) = both(*one_node("Einsum", xs, [dtype], opset=12, equation=eq))
+    (y,), (ref,) = run_both(*one_node("Einsum", xs, [dtype], opset=12, equation=eq))
     close(y, ref, dtype)
     assert y.shape == np.einsum(eq.replace(" ", ""), *xs).shape
 
@@ -170,7 +141,7 @@ def test_einsum_matches_onnxruntime(eq, shapes, dtype):
 ])
 def test_einsum_matches_numpy(eq, shapes):
     xs = [rand(s, np.float64) for s in shapes]
-    (y,) = ours(*one_node("Einsum", xs, [np.float64], opset=12, equation=eq))
+    (y,) = run_ours(*one_node("Einsum", xs, [np.float64], opset=12, equation=eq))
     want = np.einsum(eq, *xs)
     assert y.shape == want.shape
     np.testing.assert_allclose(y, want, rtol=1e-12)
@@ -178,10 +149,10 @@ def test_einsum_matches_numpy(eq, shapes):
 
 def test_einsum_ellipsis_dropped_from_output_is_summed_and_ints():
     x, w = rand((2, 3, 4), np.float64), rand((4, 5), np.float64)
-    (y,) = ours(*one_node("Einsum", [x, w], [np.float64], opset=12, equation="...j,jk->k"))
+    (y,) = run_ours(*one_node("Einsum", [x, w], [np.float64], opset=12, equation="...j,jk->k"))
     np.testing.assert_allclose(y, np.einsum("abj,jk->k", x, w))
     a, b = rand((3, 4), np.int32), rand((4, 2), np.int32)
-    (y,) = ours(*one_node("Einsum", [a, b], [np.int32], opset=12, equation="ij,jk"))
+    (y,) = run_ours(*one_node("Einsum", [a, b], [np.int32], opset=12, equation="ij,jk"))
     np.testing.assert_array_equal(y, a @ b)
 
 
@@ -196,8 +167,8 @@ def test_einsum_ellipsis_dropped_from_output_is_summed_and_ints():
 ])
 def test_einsum_errors(eq, shapes, err):
     with pytest.raises(err):
-        ours(*one_node("Einsum", [rand(s, np.float32) for s in shapes], [np.float32], opset=12,
-                       equation=eq))
+        run_ours(*one_node("Einsum", [rand(s, np.float32) for s in shapes], [np.float32], opset=12,
+                           equation=eq))
 
 
 # --- Reduce* -----------------------------------------------------------------------------------
@@ -226,7 +197,7 @@ def test_reduce_matches_onnxruntime(op, opset, dtype):
                             ((2, 3, 4), None, 0), ((5,), (0,), 0), ((), None, 1),
                             ((3, 1, 2), (2, 0), 1)]:
         x = rand(shape, dtype)
-        (y,), (ref,) = both(*reduce_model(op, x, axes, kd, opset))
+        (y,), (ref,) = run_both(*reduce_model(op, x, axes, kd, opset))
         close(y, ref, dtype)
 
 
@@ -234,16 +205,16 @@ def test_reduce_matches_onnxruntime(op, opset, dtype):
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
 def test_reduce_integers_match_onnxruntime(op, dtype):
     x = rand((3, 4, 2), dtype)
-    (y,), (ref,) = both(*reduce_model(op, x, (0, 2), 0, 18))
+    (y,), (ref,) = run_both(*reduce_model(op, x, (0, 2), 0, 18))
     close(y, ref, dtype)
 
 
 @pytest.mark.parametrize("op", REDUCE)
 def test_reduce_noop_with_empty_axes(op):
     x = rand((2, 3), np.float32)
-    (y,) = ours(*reduce_model(op, x, [], 1, 18, noop=1))
+    (y,) = run_ours(*reduce_model(op, x, [], 1, 18, noop=1))
     np.testing.assert_array_equal(y, x)
-    (y,), (ref,) = both(*reduce_model(op, x, [], 0, 18, noop=0))  # empty axes: reduce all
+    (y,), (ref,) = run_both(*reduce_model(op, x, [], 0, 18, noop=0))  # empty axes: reduce all
     close(y, ref, np.float32)
 
 
@@ -256,33 +227,33 @@ def test_reduce_noop_with_empty_axes(op):
 def test_reduce_empty_set(op, dtype, want):
     x = np.zeros((2, 0, 4), dtype)
     opset = 20 if dtype == np.bool_ else 18
-    (y,) = ours(*reduce_model(op, x, (1,), 1, opset))
+    (y,) = run_ours(*reduce_model(op, x, (1,), 1, opset))
     assert y.dtype == np.dtype(dtype) and y.shape == (2, 1, 4)
     np.testing.assert_array_equal(y, np.full((2, 1, 4), want, dtype))
-    (y,) = ours(*reduce_model(op, x, (2,), 0, opset))  # a non-reduced zero dimension
+    (y,) = run_ours(*reduce_model(op, x, (2,), 0, opset))  # a non-reduced zero dimension
     assert y.shape == (2, 0)
 
 
 def test_reduce_log_sum_exp_is_stable():
     x = np.array([[1000.0, 1000.0], [-1000.0, -np.inf], [-np.inf, -np.inf], [np.inf, 0]],
                  np.float32)
-    (y,) = ours(*reduce_model("ReduceLogSumExp", x, (1,), 0, 18))
+    (y,) = run_ours(*reduce_model("ReduceLogSumExp", x, (1,), 0, 18))
     np.testing.assert_allclose(y, [1000 + np.log(2), -1000, -np.inf, np.inf], rtol=1e-6)
 
 
 def test_reduce_float16_and_int_mean():
     x = np.full((4096,), 1.0, np.float16)
-    (y,) = ours(*reduce_model("ReduceSum", x, None, 0, 18))
+    (y,) = run_ours(*reduce_model("ReduceSum", x, None, 0, 18))
     assert y.dtype == np.float16 and y == 4096  # float16 alone would stop counting at 2048
     x = np.array([[1, 2], [-3, -4]], np.int32)
-    (y,) = ours(*reduce_model("ReduceMean", x, (1,), 0, 18))
+    (y,) = run_ours(*reduce_model("ReduceMean", x, (1,), 0, 18))
     np.testing.assert_array_equal(y, np.array([1, -3], np.int32))  # truncated toward zero
 
 
 @pytest.mark.parametrize("axes,err", [((3,), edgetrain.OpError), ((0, -2), edgetrain.OpError)])
 def test_reduce_bad_axes(axes, err):
     with pytest.raises(err):
-        ours(*reduce_model("ReduceSum", rand((2, 3), np.float32), axes, 1, 18))
+        run_ours(*reduce_model("ReduceSum", rand((2, 3), np.float32), axes, 1, 18))
 
 
 # --- ArgMax ------------------------------------------------------------------------------------
@@ -295,12 +266,12 @@ def test_argmax_matches_onnxruntime(dtype, axis, keepdims, last):
     x = np.asarray(RNG.integers(0, 3, (3, 4, 5))).astype(dtype)  # many ties
     model, feeds = one_node("ArgMax", [x], [np.int64], opset=13, axis=axis, keepdims=keepdims,
                             select_last_index=last)
-    (y,), (ref,) = both(model, feeds)
+    (y,), (ref,) = run_both(model, feeds)
     close(y, ref, np.int64)
 
 
 def test_argmax_errors():
     with pytest.raises(edgetrain.ShapeError):
-        ours(*one_node("ArgMax", [np.zeros((2, 0), np.float32)], [np.int64], axis=1))
+        run_ours(*one_node("ArgMax", [np.zeros((2, 0), np.float32)], [np.int64], axis=1))
     with pytest.raises(edgetrain.OpError):
-        ours(*one_node("ArgMax", [np.zeros((2, 3), np.float32)], [np.int64], axis=2))
+        run_ours(*one_node("ArgMax", [np.zeros((2, 3), np.float32)], [np.int64], axis=2))

@@ -5,58 +5,19 @@ import zlib
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
 
 from edgetrain.errors import EdgetrainError
 from edgetrain.runtime import InferenceSession
+from oracle import (assert_all_close, check_against_ort, one_node, run_ort, run_ort_float32,
+                    run_ours)
 
-ort = pytest.importorskip("onnxruntime")
 
-
-def _model(op, feeds, consts, attrs, outputs, opset):
-    """One-node model: ``feeds`` become graph inputs, ``consts`` initializers; None = absent."""
-    names, inputs, inits = [], [], []
-    order = list(feeds) + [n for n in consts if n not in feeds]
-    for name in order:
-        value = feeds.get(name, consts.get(name))
-        if value is None:
-            names.append("")
-        elif name in feeds:
-            names.append(name)
-            inputs.append(helper.make_tensor_value_info(
-                name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape))
-        else:
-            names.append(name)
-            inits.append(numpy_helper.from_array(value, name))
-    while names and names[-1] == "":
+def _trim(inputs):
+    """``inputs`` less its trailing absent (None) ones, which the node then leaves off."""
+    names = list(inputs)
+    while names and inputs[names[-1]] is None:
         names.pop()
-    node = helper.make_node(op, names, outputs, **attrs)
-    elem = helper.np_dtype_to_tensor_dtype(next(iter(feeds.values())).dtype)
-    outs = [helper.make_tensor_value_info(o, elem, None) for o in outputs if o]
-    graph = helper.make_graph([node], "g", inputs, outs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-
-
-def _ort(model, feeds):
-    feeds = {k: v for k, v in feeds.items() if v is not None}
-    return ort.InferenceSession(model.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
-def _compare(model, feeds, rtol, atol):
-    want = _ort(model, feeds)
-    got = InferenceSession(model, check=True).run(
-        None, {k: v for k, v in feeds.items() if v is not None})
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-    return got
-
-
-def _as32(feeds):
-    return {k: None if v is None else (v.astype(np.float32) if v.dtype == np.float64 else v)
-            for k, v in feeds.items()}
+    return {k: inputs[k] for k in names}
 
 
 # --- recurrent ---------------------------------------------------------------------------------
@@ -72,19 +33,19 @@ def _rnn_case(op, rng, dtype, *, direction="forward", seq=5, batch=3, inp=4, hid
     r = lambda *s: (rng.standard_normal(s) * 0.6).astype(dtype)  # noqa: E731
     x = r(batch, seq, inp) if layout else r(seq, batch, inp)
     state = (batch, nd, hidden) if layout else (nd, batch, hidden)
-    feeds = {"X": x, "W": r(nd, g * hidden, inp), "R": r(nd, g * hidden, hidden),
-             "B": r(nd, 2 * g * hidden) if bias else None,
-             "sequence_lens": None if lens is None else np.asarray(lens, np.int32),
-             "initial_h": r(*state) if init else None}
+    ins = {"X": x, "W": r(nd, g * hidden, inp), "R": r(nd, g * hidden, hidden),
+           "B": r(nd, 2 * g * hidden) if bias else None,
+           "sequence_lens": None if lens is None else np.asarray(lens, np.int32),
+           "initial_h": r(*state) if init else None}
     if op == "LSTM":
-        feeds["initial_c"] = r(*state) if init else None
-        feeds["P"] = r(nd, 3 * hidden) if peep else None
+        ins["initial_c"] = r(*state) if init else None
+        ins["P"] = r(nd, 3 * hidden) if peep else None
     else:
         outputs = tuple(o for o in outputs if o != "Y_c")
     attrs = dict(hidden_size=hidden, direction=direction, **attrs)
     if layout:
         attrs["layout"] = layout
-    return _model(op, feeds, {}, attrs, list(outputs), opset), feeds
+    return one_node(op, _trim(ins), [dtype if o else None for o in outputs], opset, **attrs)
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
@@ -102,7 +63,7 @@ def test_recurrent_directions(op, direction, extras):
     if extras == "all" and op == "LSTM":
         kw["peep"] = True
     model, feeds = _rnn_case(op, rng, np.float32, direction=direction, **kw)
-    _compare(model, feeds, 1e-4, 1e-5)
+    check_against_ort(model, feeds, 1e-4, 1e-5)
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
@@ -112,13 +73,9 @@ def test_recurrent_float64(op, direction):
     rng = np.random.default_rng(3)
     model, feeds = _rnn_case(op, rng, np.float64, direction=direction, init=True,
                              lens=[3, 5, 1])
-    model32, _ = _rnn_case(op, rng, np.float32, direction=direction, init=True, lens=[3, 5, 1])
-    want = _ort(model32, _as32(feeds))
-    got = InferenceSession(model, check=True).run(
-        None, {k: v for k, v in feeds.items() if v is not None})
-    for g, w in zip(got, want):
-        assert g.dtype == np.float64 and g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    got, want = run_ours(model, feeds), run_ort_float32(model, feeds)
+    assert all(g.dtype == np.float64 for g in got)
+    assert_all_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
@@ -129,10 +86,9 @@ def test_recurrent_batch_first_layout(op):
     model, feeds = _rnn_case(op, rng, np.float32, layout=1, **kw)
     model0, _ = _rnn_case(op, rng, np.float32, **kw)
     feeds0 = {k: (v.transpose(1, 0, 2) if k in ("X", "initial_h", "initial_c") else v)
-              for k, v in feeds.items() if v is not None}
-    want = _ort(model0, feeds0)
-    got = InferenceSession(model, check=True).run(
-        None, {k: v for k, v in feeds.items() if v is not None})
+              for k, v in feeds.items()}
+    want = run_ort(model0, feeds0)
+    got = run_ours(model, feeds)
     np.testing.assert_allclose(got[0], want[0].transpose(2, 0, 1, 3), rtol=1e-4, atol=1e-5)
     for g, w in zip(got[1:], want[1:]):
         np.testing.assert_allclose(g, w.transpose(1, 0, 2), rtol=1e-4, atol=1e-5)
@@ -143,14 +99,14 @@ def test_recurrent_only_last_state(op):
     rng = np.random.default_rng(5)
     model, feeds = _rnn_case(op, rng, np.float32, direction="reverse", lens=[1, 5, 3],
                              outputs=("", "Y_h"))
-    _compare(model, feeds, 1e-4, 1e-5)
+    check_against_ort(model, feeds, 1e-4, 1e-5)
 
 
 def test_lstm_clip_and_input_forget():
     rng = np.random.default_rng(6)
     model, feeds = _rnn_case("LSTM", rng, np.float32, direction="bidirectional", init=True,
                              peep=True, clip=0.7, input_forget=1)
-    _compare(model, feeds, 1e-4, 1e-5)
+    check_against_ort(model, feeds, 1e-4, 1e-5)
 
 
 @pytest.mark.parametrize("lbr", [0, 1])
@@ -158,7 +114,7 @@ def test_gru_linear_before_reset_and_clip(lbr):
     rng = np.random.default_rng(7 + lbr)
     model, feeds = _rnn_case("GRU", rng, np.float32, direction="bidirectional", init=True,
                              lens=[4, 5, 2], linear_before_reset=lbr, clip=0.9)
-    _compare(model, feeds, 1e-4, 1e-5)
+    check_against_ort(model, feeds, 1e-4, 1e-5)
 
 
 @pytest.mark.parametrize("op,acts,alpha,beta", [
@@ -178,15 +134,15 @@ def test_recurrent_activations(op, acts, alpha, beta):
     if beta:
         attrs["activation_beta"] = beta
     model, feeds = _rnn_case(op, rng, np.float32, direction=direction, init=True, **attrs)
-    _compare(model, feeds, 1e-4, 1e-5)
+    check_against_ort(model, feeds, 1e-4, 1e-5)
 
 
 def test_recurrent_bad_shapes_are_refused():
     rng = np.random.default_rng(10)
     model, feeds = _rnn_case("LSTM", rng, np.float32)
     feeds["W"] = feeds["W"][:, :-1]
-    bad = _model("LSTM", {k: feeds[k] for k in ("X", "R")}, {"W": feeds["W"]},
-                 {"hidden_size": 6}, ["Y"], 17)
+    bad, _ = one_node("LSTM", {k: feeds[k] for k in ("X", "R")}, [np.float32],
+                      consts={"W": feeds["W"]}, hidden_size=6)
     with pytest.raises(EdgetrainError, match="W should have shape"):
         InferenceSession(bad).run(None, {"X": feeds["X"], "R": feeds["R"]})
 
@@ -203,8 +159,8 @@ def _resize(x, opset=19, roi=None, scales=None, sizes=None, rtol=1e-4, atol=1e-5
         consts["roi"] = consts["roi"] if roi is not None else np.zeros(0, np.float32)
         if scales is None:
             consts["scales"] = np.zeros(0, np.float32)
-    model = _model("Resize", {"x": x}, consts, attrs, ["y"], opset)
-    return _compare(model, {"x": x}, rtol, atol)[0]
+    model, feeds = one_node("Resize", {"x": x}, [x.dtype], opset, _trim(consts), **attrs)
+    return check_against_ort(model, feeds, rtol, atol)[0]
 
 
 @pytest.fixture
@@ -245,11 +201,9 @@ def test_resize_float64_and_5d():
         consts = {"roi": None,
                   "scales": None if "scales" not in kw else np.array(kw["scales"], np.float32),
                   "sizes": None if "sizes" not in kw else np.array(kw["sizes"], np.int64)}
-        attrs = {"mode": kw["mode"]}
-        want = _ort(_model("Resize", {"x": x.astype(np.float32)}, consts, attrs, ["y"], 13),
-                    {"x": x.astype(np.float32)})[0]
-        got = InferenceSession(_model("Resize", {"x": x}, consts, attrs, ["y"], 13),
-                               check=True).run(None, {"x": x})[0]
+        model, feeds = one_node("Resize", {"x": x}, [x.dtype], 13, _trim(consts),
+                                mode=kw["mode"])
+        (got,), (want,) = run_ours(model, feeds), run_ort_float32(model, feeds)
         assert got.dtype == np.float64
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -278,11 +232,10 @@ def test_resize_keep_aspect_ratio(img, policy):
     y = _resize(img, sizes=(20, 6), axes=[2, 3], mode="linear", keep_aspect_ratio_policy=policy)
     _resize(img, sizes=(20, 6), axes=[3, 2], mode="nearest", keep_aspect_ratio_policy=policy)
     # negative axes (onnxruntime 1.x ignores them, so compare with the positive spelling)
-    model = _model("Resize", {"x": img}, {"roi": None, "scales": None,
-                                          "sizes": np.array([20, 6], np.int64)},
-                   {"mode": "linear", "axes": [-2, -1], "keep_aspect_ratio_policy": policy},
-                   ["y"], 19)
-    np.testing.assert_array_equal(InferenceSession(model, check=True).run(None, {"x": img})[0], y)
+    model, feeds = one_node("Resize", {"x": img}, [img.dtype], 19,
+                            {"roi": None, "scales": None, "sizes": np.array([20, 6], np.int64)},
+                            mode="linear", axes=[-2, -1], keep_aspect_ratio_policy=policy)
+    np.testing.assert_array_equal(run_ours(model, feeds)[0], y)
 
 
 def test_resize_opset10_and_11(img):
@@ -301,13 +254,14 @@ def test_resize_scales_and_sizes_fed_at_run_time(img):
     # small feeds become plan-time values (the plan is keyed by them)
     for name, value, attrs in (("scales", np.array([1, 1, 1.5, 0.5], np.float32), {}),
                                ("sizes", np.array([2, 3, 4, 13], np.int64), {"mode": "linear"})):
-        feeds = {"x": img, "roi": None, "scales": None, "sizes": None, name: value}
-        model = _model("Resize", feeds, {}, attrs, ["y"], 19)
-        _compare(model, feeds, 1e-5, 1e-6)
+        ins = {"x": img, "roi": None, "scales": None, "sizes": None, name: value}
+        model, feeds = one_node("Resize", _trim(ins), [img.dtype], 19, **attrs)
+        check_against_ort(model, feeds, 1e-5, 1e-6)
 
 
 def test_resize_needs_scales_or_sizes(img):
-    model = _model("Resize", {"x": img}, {"roi": None, "scales": np.ones(4, np.float32),
-                                          "sizes": np.array([2, 3, 7, 9])}, {}, ["y"], 19)
+    model, feeds = one_node("Resize", {"x": img}, [img.dtype], 19,
+                            {"roi": None, "scales": np.ones(4, np.float32),
+                             "sizes": np.array([2, 3, 7, 9])})
     with pytest.raises(EdgetrainError, match="exactly one"):
-        InferenceSession(model).run(None, {"x": img})
+        InferenceSession(model).run(None, feeds)

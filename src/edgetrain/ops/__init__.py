@@ -5,8 +5,8 @@ from .registry import (ET_DOMAIN, OpContext, OpDef, TensorType, differentiable_o
                        gradient_rule, lookup, register, supported_ops)
 
 FAMILIES = (
-    "elementwise", "activation", "normalization", "linalg", "reduce", "tensor", "index",
-    "shape_ops", "conv", "pool", "rnn", "resize", "grad_ops",
+    "elementwise", "activation", "normalization", "linalg", "reduce", "tensor", "tensor_grad",
+    "index", "shape_ops", "conv", "pool", "rnn", "resize", "grad_ops",
 )
 
 for _family in FAMILIES:

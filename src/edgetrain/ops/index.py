@@ -5,8 +5,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .registry import OpContext, TensorType, register
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
 from .rules import constant, normalize_axes, normalize_axis, shape_error
+from .tensor import forward_ctx, forward_version, shape_of
 
 
 def _ints(v) -> list[int]:
@@ -189,3 +190,143 @@ def cumsum(ctx, x, axis):  # x -> same shape, running sums along axis
         shifted[tuple(dst)] = out[tuple(src)]
         out = shifted
     return np.flip(out, axis) if reverse else out
+
+
+# --- gradients ---------------------------------------------------------------------------------
+# None reads x: its shape comes from Shape(x), folded while planning. Gather/GatherElements keep
+# their indices; Expand keeps x (SumTo reads its shape); the others keep nothing.
+
+F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
+
+
+def _acc(dtype: np.dtype) -> np.dtype:
+    return F32 if dtype == F16 else dtype  # float16 sums accumulate in float32
+
+
+def _to_shape_infer(ctx, dy, shape, *rest):  # -> dy's dtype, x's shape (second input)
+    return [TensorType(dy.dtype, tuple(_ints(constant(ctx, shape, "shape"))))]
+
+
+def _index_grad(op):
+    def rule(g, node, dys):  # dx = dy scatter-added at the indices into zeros of x's shape
+        if not g.needs(node, 0):
+            return [None, None]
+        ins = [dys[0], shape_of(g, node.inputs[0]), node.inputs[1]]
+        return [g.et(op, ins, axis=int(node.attrs.get("axis", 0))), None]
+    return rule
+
+
+gradient("Gather")(_index_grad("GatherGrad"))
+gradient("GatherElements")(_index_grad("GatherElementsGrad"))
+
+
+@register("GatherGrad", versions=(1,), infer=_to_shape_infer, domain=ET_DOMAIN)
+def gather_grad(ctx, dy, shape, indices):  # dy (..before, *I, ..after), x's shape, indices I
+    shape = _ints(shape)
+    axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), len(shape))
+    idx = _index(ctx, indices, shape[axis]).reshape(-1)
+    pre, post = int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis + 1:],
+                                                                       dtype=np.int64))
+    dx = np.zeros((pre, shape[axis], post), dtype=_acc(dy.dtype))
+    if idx.size:  # sort the indices, sum each run of equal ones (repeats add up), write once
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
+        dy3 = dy.reshape(pre, idx.size, post)[:, order].astype(dx.dtype, copy=False)
+        dx[:, sorted_idx[starts]] = np.add.reduceat(dy3, starts, axis=1)
+    return dx.reshape(shape).astype(dy.dtype, copy=False)
+
+
+@register("GatherElementsGrad", versions=(1,), infer=_to_shape_infer, domain=ET_DOMAIN)
+def gather_elements_grad(ctx, dy, shape, indices):  # dy, x's shape, indices (dy's shape)
+    shape = _ints(shape)
+    axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), len(shape))
+    grid = list(np.indices(indices.shape, sparse=True))
+    grid[axis] = _index(ctx, indices, shape[axis])
+    dx = np.zeros(shape, dtype=_acc(dy.dtype))
+    np.add.at(dx, tuple(grid), dy)
+    return dx.astype(dy.dtype, copy=False)
+
+
+@gradient("Expand")
+def expand_grad(g, node, dys):  # dx = dy summed over the broadcast axes
+    return [g.sum_to(dys[0], node.inputs[0]) if g.needs(node, 0) else None, None]
+
+
+@gradient("Tile")
+def tile_grad(g, node, dys):  # dx = the sum of dy's tiles
+    dx = g.et("TileGrad", [dys[0], shape_of(g, node.inputs[0])]) if g.needs(node, 0) else None
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+@register("TileGrad", versions=(1,), infer=_to_shape_infer, domain=ET_DOMAIN)
+def tile_grad_kernel(ctx, dy, shape):  # dy (d_i * r_i), x's shape (d_i) -> dx (d_i)
+    shape = _ints(shape)
+    if dy.size == 0:
+        return np.zeros(shape, dtype=dy.dtype)
+    reps = [o // d for o, d in zip(dy.shape, shape)]
+    split = [v for r, d in zip(reps, shape) for v in (r, d)]  # (r_0, d_0, r_1, d_1, ...)
+    dx = np.add.reduce(dy.reshape(split), axis=tuple(range(0, len(split), 2)),
+                       dtype=_acc(dy.dtype))
+    return np.asarray(dx).astype(dy.dtype, copy=False)
+
+
+@gradient("Pad")
+def pad_grad(g, node, dys):  # dx = dy's kept part (plus reflected parts); dvalue = sum of the rest
+    ins = list(node.inputs) + [""] * (4 - len(node.inputs))
+    need_x = g.needs(node, 0)
+    need_v = g.needs(node, 2) and node.attrs.get("mode", "constant") == "constant"
+    dxs: list[str | None] = [None] * len(node.inputs)
+    if not (need_x or need_v):
+        return dxs
+    dx = g.et("PadGrad", [dys[0], shape_of(g, ins[0]), ins[1], ins[3]],
+              fwd_version=forward_version(g, node), **node.attrs)
+    if need_x:
+        dxs[0] = dx
+    if need_v:  # the padding value fills every element of y that is not x's
+        rest = g.op("Sub", [g.op("ReduceSum", [dys[0]], keepdims=0),
+                            g.op("ReduceSum", [dx], keepdims=0)])
+        dxs[2] = g.et("ReshapeTo", [rest, shape_of(g, ins[2])])
+    return dxs
+
+
+@register("PadGrad", versions=(1,), infer=_to_shape_infer, domain=ET_DOMAIN)
+def pad_grad_kernel(ctx, dy, shape, pads=None, axes=None):  # dy, x's shape, the forward's pads
+    fctx = forward_ctx(ctx, "Pad")
+    shape = _ints(shape)
+    widths = _pad_widths(fctx, shape, pads, axes)
+    mode = ctx.attr("mode", "constant")
+    acc = _acc(dy.dtype)
+    grad = dy
+    for a, (b, e) in enumerate(widths):  # fold each padded axis back onto the kept part
+        b, e = max(b, 0), max(e, 0)
+        if b == e == 0:
+            continue
+        lead = (slice(None),) * a
+        k = grad.shape[a] - b - e
+        kept = grad[lead + (slice(b, b + k),)]
+        if mode == "constant":
+            grad = kept
+            continue
+        src = np.pad(np.arange(k), (b, e), mode=mode)  # padded position -> source position
+        kept = kept.astype(acc, copy=True)
+        np.add.at(kept, lead + (src[:b],), grad[lead + (slice(0, b),)])
+        np.add.at(kept, lead + (src[b + k:],), grad[lead + (slice(b + k, None),)])
+        grad = kept
+    dx = np.zeros(shape, dtype=dy.dtype)
+    dx[tuple(slice(max(-b, 0), d - max(-e, 0)) for d, (b, e) in zip(shape, widths))] = grad
+    return dx
+
+
+@gradient("Trilu")
+def trilu_grad(g, node, dys):  # dx = dy with the same entries zeroed
+    dx = g.op("Trilu", [dys[0]] + list(node.inputs[1:]), **node.attrs) if g.needs(node, 0) else None
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+@gradient("CumSum")
+def cumsum_grad(g, node, dys):  # dx = dy summed the other way along axis (same exclusive)
+    if not g.needs(node, 0):
+        return [None, None]
+    attrs = {**node.attrs, "reverse": 1 - int(node.attrs.get("reverse", 0))}
+    return [g.op("CumSum", [dys[0], node.inputs[1]], **attrs), None]

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import functools
+import string
 
 import numpy as np
 
-from .registry import OpContext, TensorType, register
-from .rules import shape_error
+from .grad_ops import sum_to_shape
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
+from .rules import constant, shape_error
+from .tensor import shape_of
 
 F16 = np.dtype(np.float16)
 F32 = np.dtype(np.float32)
@@ -191,3 +194,154 @@ def einsum(ctx, *xs):  # terms of the equation -> output term (shape from _einsu
     if summed:  # '...' on the inputs but not the output: those dimensions are summed
         y = np.add.reduce(y, axis=tuple(range(y.ndim - len(out))), dtype=y.dtype)
     return np.asarray(y).astype(xs[0].dtype, copy=False)
+
+
+# --- gradients ---------------------------------------------------------------------------------
+# The gradient of each operand reads dy, the *other* operands and only the shape of its own
+# (Shape(x) folds while planning): training keeps an operand only when another one needs its
+# gradient (dA keeps B, dB keeps A, dC keeps nothing).
+
+def _dims(ctx, t: TensorType) -> tuple[int, ...]:
+    return tuple(int(d) for d in np.asarray(constant(ctx, t, "shape")).reshape(-1))
+
+
+def _to_shape_infer(ctx, dy, other, shape):
+    return [TensorType(dy.dtype, _dims(ctx, shape))]
+
+
+def _pair_grads(op, g, node, dys, n_sides, **attrs):
+    dxs: list[str | None] = [None] * len(node.inputs)
+    for i in range(min(n_sides, len(node.inputs))):
+        if node.inputs[i] and g.needs(node, i):
+            other = node.inputs[1 - i] if i < 2 else ""
+            dxs[i] = g.et(op, [dys[0], other, shape_of(g, node.inputs[i])], side=i, **attrs)
+    return dxs
+
+
+@gradient("MatMul")
+def matmul_grad(g, node, dys):  # dA = dy @ B^T, dB = A^T @ dy, summed over broadcast batch dims
+    return _pair_grads("MatMulGrad", g, node, dys, 2)
+
+
+@register("MatMulGrad", versions=(1,), infer=_to_shape_infer, domain=ET_DOMAIN)
+def matmul_grad_kernel(ctx, dy, other, shape):  # side 0: (dy, B, A's shape); 1: (dy, A, B's)
+    side, shape, dtype = int(ctx.attr("side", 0)), tuple(int(d) for d in shape), dy.dtype
+    dy, other = _compute(dy), _compute(other)
+    a_vec = len(shape) == 1 if side == 0 else other.ndim == 1
+    b_vec = other.ndim == 1 if side == 0 else len(shape) == 1
+    if b_vec:  # 1-D operands: promoted as in the forward, the dims put back in dy
+        dy = dy[..., None]
+    if a_vec:
+        dy = dy[..., None, :]
+    if side == 0:
+        full = (1,) + shape if a_vec else shape
+        g = np.matmul(dy, np.swapaxes(other[:, None] if b_vec else other, -1, -2))
+    else:
+        full = shape + (1,) if b_vec else shape
+        a = other[None, :] if a_vec else other
+        if len(full) == 2 and a.ndim > 2:  # [..., M, K] @ [K, N]: one GEMM over the batch
+            g = a.reshape(-1, a.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
+        else:
+            g = np.matmul(np.swapaxes(a, -1, -2), dy)
+    return sum_to_shape(g, full).reshape(shape).astype(dtype, copy=False)
+
+
+@gradient("Gemm")
+def gemm_grad(g, node, dys):  # dA = alpha dy B'^T (transposed back), dC = beta * sum_to(dy)
+    return _pair_grads("GemmGrad", g, node, dys, 3, **node.attrs)
+
+
+@register("GemmGrad", versions=(1,), infer=_to_shape_infer, domain=ET_DOMAIN)
+def gemm_grad_kernel(ctx, dy, other, shape):  # side 0: (dy, B, A's shape); 1: (dy, A, B's);
+    side, shape, dtype = int(ctx.attr("side", 0)), tuple(int(d) for d in shape), dy.dtype
+    ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)  # 2: (dy, -, C's shape)
+    d = _compute(dy)
+    if side == 2:
+        g, scale = sum_to_shape(d, shape), float(ctx.attr("beta", 1.0))
+    else:
+        o, scale = _compute(other), float(ctx.attr("alpha", 1.0))
+        if side == 0:  # dA' = dy B'^T, with B' = B^T under transB; dA = dA'^T under transA
+            bp = o.T if tb else o
+            g = bp @ d.T if ta else d @ bp.T
+        else:  # dB' = A'^T dy; dB = dB'^T under transB
+            ap = o.T if ta else o
+            g = d.T @ ap if tb else ap.T @ d
+    if scale != 1.0:
+        g = g * g.dtype.type(scale)
+    return np.asarray(g).reshape(shape).astype(dtype, copy=False)
+
+
+@gradient("Einsum")
+def einsum_grad(g, node, dys):  # d x_i = einsum(dy and the other operands -> x_i's term)
+    n = len(node.inputs)
+    want = [i for i in range(n) if g.needs(node, i)]
+    shape_only = [k for k in range(n) if all(i == k for i in want)]  # read by no other gradient
+    ins = [dys[0]] + [shape_of(g, x) if k in shape_only else x for k, x in enumerate(node.inputs)]
+    extra = {"shape_only": shape_only} if shape_only else {}  # (an ONNX list attr is not empty)
+    outs = g.et("EinsumGrad", ins, len(want), equation=node.attrs.get("equation"), wrt=want,
+                **extra)
+    dxs: list[str | None] = [None] * n
+    for i, o in zip(want, [outs] if isinstance(outs, str) else outs):
+        dxs[i] = o
+    return dxs
+
+
+def _einsum_grad_shapes(ctx, ins) -> list[tuple[int, ...]]:
+    only = set(ctx.attr("shape_only", []))
+    return [_dims(ctx, t) if k in only else tuple(t.shape) for k, t in enumerate(ins)]
+
+
+def _einsum_grad_infer(ctx, dy, *ins):
+    shapes = _einsum_grad_shapes(ctx, ins)
+    return [TensorType(dy.dtype, shapes[i]) for i in ctx.attr("wrt")]
+
+
+def _explicit_terms(ctx, terms, out, shapes):
+    """Terms with '...' spelt as letters (right-aligned, as it broadcasts); each label's size."""
+    free = [c for c in string.ascii_letters if c not in "".join(terms) + out]
+    n_ell = [len(s) - (len(t) - (ELLIPSIS in t)) for t, s in zip(terms, shapes)]
+    width = max(n_ell, default=0)
+    if width > len(free):
+        raise ctx.error("too many labels to differentiate this equation")
+    ell = "".join(free[:width])
+    ts = [t.replace(ELLIPSIS, ell[width - n:]) for t, n in zip(terms, n_ell)]
+    sizes: dict[str, int] = {}
+    for t, s in zip(ts, shapes):
+        for c, d in zip(t, s):
+            if sizes.get(c, 1) == 1:
+                sizes[c] = d
+    return ts, out.replace(ELLIPSIS, ell), sizes
+
+
+@register("EinsumGrad", versions=(1,), infer=_einsum_grad_infer, domain=ET_DOMAIN)
+def einsum_grad_kernel(ctx, dy, *xs):  # dy, the operands (their shapes where shape_only) -> dxs
+    terms, out = parse_einsum(ctx.attr("equation"), len(xs))
+    shapes = _einsum_grad_shapes(ctx, [TensorType.of(x) for x in xs])
+    ts, out, sizes = _explicit_terms(ctx, terms, out, shapes)
+
+    def kept(k):  # axes that are not size 1 broadcast against a larger size (those just sum)
+        return [p for p, c in enumerate(ts[k]) if not (shapes[k][p] == 1 and sizes[c] != 1)]
+
+    grads = []
+    for i in ctx.attr("wrt"):
+        sub, ops = [out], [_compute(dy)]
+        for k, x in enumerate(xs):
+            if k != i:
+                keep = kept(k)
+                sub.append("".join(ts[k][p] for p in keep))
+                ops.append(_compute(x).reshape([shapes[k][p] for p in keep]))
+        labels = [ts[i][p] for p in kept(i)]
+        uniq = list(dict.fromkeys(labels))
+        seen = set("".join(sub))
+        r = np.einsum(",".join(sub) + "->" + "".join(c for c in uniq if c in seen), *ops,
+                      optimize=True)
+        # labels of x_i alone were summed in the forward: dy broadcasts along them
+        r = np.broadcast_to(np.reshape(r, [sizes[c] if c in seen else 1 for c in uniq]),
+                            [sizes[c] for c in uniq])
+        if len(uniq) < len(labels):  # a repeated label takes a diagonal: write dy back on it
+            dx = np.zeros([sizes[c] for c in labels], dtype=r.dtype)
+            strides = [sum(dx.strides[p] for p, c in enumerate(labels) if c == u) for u in uniq]
+            np.lib.stride_tricks.as_strided(dx, r.shape, strides, writeable=True)[...] = r
+            r = dx
+        grads.append(np.ascontiguousarray(r).reshape(shapes[i]).astype(dy.dtype, copy=False))
+    return tuple(grads)

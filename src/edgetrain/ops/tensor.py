@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .registry import OpContext, TensorType, register
+from .registry import OpContext, TensorType, gradient, lookup, register
 from .rules import constant, normalize_axes, normalize_axis, shape_error
 
 def _ints(v) -> list[int]:
@@ -279,3 +279,86 @@ def slice_(ctx, x, starts=None, ends=None, axes=None, steps=None):  # x -> x[sta
     index, _ = _slices(ctx, x.shape, *_slice_args(ctx, starts, ends, axes, steps))
     return x[index]
 
+
+# --- gradients ---------------------------------------------------------------------------------
+# Layout ops move dy back into x's layout. None reads x itself: its shape comes from a Shape node,
+# which folds while planning, so training keeps nothing of the forward for these ops. Their
+# backward kernels (ReshapeTo, ConcatGrad, SplitGrad, SliceGrad) are in tensor_grad.py.
+
+def forward_version(g, node) -> int:
+    """Schema version of ``node``'s op in the graph being differentiated: given (fwd_version) to
+    backward ops that reuse the forward's helpers, which read attrs and inputs by version."""
+    return lookup(node.op_type, node.domain, g.graph.opset(node.domain), node.name)[1]
+
+
+def forward_ctx(ctx: OpContext, op_type: str) -> OpContext:
+    """A context for the forward op's helpers, made from a backward op's (same attrs)."""
+    f = ctx.extra.get("forward")
+    if f is None:
+        attrs = {k: v for k, v in ctx.attrs.items() if k not in ("fwd_version", "wrt")}
+        f = ctx.extra["forward"] = OpContext(op_type, "", ctx.name, ctx.opset,
+                                             int(ctx.attr("fwd_version")), attrs, ctx.n_inputs,
+                                             ctx.n_outputs)
+    return f
+
+
+def shape_of(g, x: str) -> str:
+    """Shape(x): a constant while planning, so the backward does not keep x alive."""
+    return g.op("Shape", [x])
+
+
+def _reshape_grad(g, node, dys):  # Flatten, Reshape, Squeeze, Unsqueeze: dx = dy in x's shape
+    dx = g.et("ReshapeTo", [dys[0], shape_of(g, node.inputs[0])]) if g.needs(node, 0) else None
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+for _op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
+    gradient(_op)(_reshape_grad)
+
+
+@gradient("Transpose")
+def transpose_grad(g, node, dys):  # dx = dy transposed by the inverse permutation
+    perm = node.attrs.get("perm")
+    if perm is None:  # reversed axes: their own inverse
+        return [g.op("Transpose", [dys[0]])]
+    inv = np.argsort([int(p) % len(perm) for p in perm])
+    return [g.op("Transpose", [dys[0]], perm=[int(i) for i in inv])]
+
+
+def _outs(names) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
+@gradient("Concat")
+def concat_grad(g, node, dys):  # dx_i = dy's slab along axis; reads dy (and the inputs' shapes)
+    want = [i for i, x in enumerate(node.inputs) if x and g.needs(node, i)]
+    shapes = [shape_of(g, x) if x else "" for x in node.inputs]
+    outs = _outs(g.et("ConcatGrad", [dys[0]] + shapes, len(want), wrt=want,
+                      fwd_version=forward_version(g, node), **node.attrs))
+    dxs: list[str | None] = [None] * len(node.inputs)
+    for i, o in zip(want, outs):
+        dxs[i] = o
+    return dxs
+
+
+@gradient("Split")
+def split_grad(g, node, dys):  # dx = the dys joined along axis, zeros for pieces without one
+    if not g.needs(node, 0):
+        return [None] * len(node.inputs)
+    shapes = []
+    for d, y in zip(dys, node.outputs):
+        if d is None and not y:
+            from ..autodiff import GradientError
+            raise GradientError(f"Split node {node.name!r}: an unnamed output's size is unknown")
+        shapes.append("" if d is not None else shape_of(g, y))
+    dx = g.et("SplitGrad", [d or "" for d in dys] + shapes, axis=int(node.attrs.get("axis", 0)))
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+@gradient("Slice")
+def slice_grad(g, node, dys):  # dx = zeros of x's shape, dy written where the slice read
+    if not g.needs(node, 0):
+        return [None] * len(node.inputs)
+    ins = [dys[0], shape_of(g, node.inputs[0])] + list(node.inputs[1:])
+    dx = g.et("SliceGrad", ins, fwd_version=forward_version(g, node), **node.attrs)
+    return [dx] + [None] * (len(node.inputs) - 1)
