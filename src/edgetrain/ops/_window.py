@@ -184,3 +184,24 @@ def tap_flat_index(win: Window, tap: Sequence[int], column_major: bool = False) 
             + tap[ax] * win.dilations[ax] - win.pads_begin[ax]
         idx = idx[..., None] + (pos * mult[ax]).reshape((1,) * ax + (-1,))
     return idx
+
+
+def place(a: np.ndarray, offsets: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """a (N, C, *s) -> (N, C, *size) with out[p] = a[p - offset] where that lies in a, else 0.
+
+    A positive offset pads at the start, a negative one crops; the end is padded or cut to size.
+    Backward kernels use it to crop a padded gradient buffer back to the input.
+    """
+    size = tuple(int(s) for s in size)
+    if not any(offsets) and size == a.shape[2:]:
+        return a
+    out = np.zeros(a.shape[:2] + size, dtype=a.dtype)
+    dst, src = [slice(None)] * 2, [slice(None)] * 2
+    for o, n_out, n_in in zip(offsets, size, a.shape[2:]):
+        lo, hi = max(0, o), min(n_out, o + n_in)
+        if hi <= lo:
+            return out
+        dst.append(slice(lo, hi))
+        src.append(slice(lo - o, hi - o))
+    out[tuple(dst)] = a[tuple(src)]
+    return out

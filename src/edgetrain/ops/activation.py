@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
-from .registry import OpContext, TensorType, gradient, register
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, make_context, register
 from .rules import BOOL, normalize_axis, same_as
-from .elementwise import erf
+from .elementwise import erf, sigmoid
 
 
 def _keep(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -18,6 +18,12 @@ def _keep(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def _c(x: np.ndarray, value: float):
     """A scalar attribute in x's element type (no silent widening of float16/float32)."""
     return x.dtype.type(value)
+
+
+def forward_context(g, node) -> OpContext:
+    """For a gradient rule: the forward node's context (schema version in force, attrs, outputs)."""
+    return make_context(node.op_type, node.domain, node.name, g.graph.opset(node.domain),
+                        node.attrs, len(node.inputs), len(node.outputs))[1]
 
 
 # --- pointwise activations ---------------------------------------------------------------------
@@ -44,10 +50,12 @@ def elu(ctx, x):  # x: any shape -> same shape
     return _keep(np.where(x > 0, x, alpha * _neg_expm1(x)), x.dtype)
 
 
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+
+
 @register("Selu", versions=(1, 6, 22), infer=same_as(0))
 def selu(ctx, x):  # x: any shape -> same shape
-    alpha = _c(x, ctx.attr("alpha", 1.67326319217681884765625))
-    gamma = _c(x, ctx.attr("gamma", 1.05070102214813232421875))
+    alpha, gamma = _c(x, ctx.attr("alpha", SELU_ALPHA)), _c(x, ctx.attr("gamma", SELU_GAMMA))
     return _keep(gamma * np.where(x > 0, x, alpha * _neg_expm1(x)), x.dtype)
 
 
@@ -84,6 +92,65 @@ def hard_swish(ctx, x):  # x: any shape -> same shape; x * HardSigmoid(x; 1/6, 1
     return _keep(x * gate, x.dtype)
 
 
+# --- gradients of the pointwise activations: dx = dy * f'(v) ------------------------------------
+# v is what the backward keeps: the input x, or for Relu the output y (y > 0 exactly where x > 0).
+
+def _gelu_deriv(ctx, x):
+    if ctx.attr("approximate", "none") == "tanh":
+        x = np.clip(x, _c(x, -20), _c(x, 20))  # beyond, f' is 0 or 1 to working precision
+        k, c = _c(x, _SQRT_2_OVER_PI), _c(x, 0.044715)
+        t = np.tanh(k * (x + c * x * x * x))
+        return _c(x, 0.5) * (1 + t) + _c(x, 0.5) * x * (1 - t * t) * k * (1 + 3 * c * x * x)
+    x64 = np.clip(x.astype(np.float64, copy=False), -40.0, 40.0)
+    return (0.5 * (1.0 + erf(x64 / math.sqrt(2.0)))
+            + x64 * np.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi))
+
+
+def _elu_deriv(x, alpha):
+    return np.where(x > 0, _c(x, 1), alpha * np.exp(np.minimum(x, _c(x, 0))))
+
+
+def _hard_sigmoid_deriv(ctx, x):
+    alpha, beta = _c(x, ctx.attr("alpha", 0.2)), _c(x, ctx.attr("beta", 0.5))
+    z = alpha * x + beta
+    return np.where((z > 0) & (z < 1), alpha, _c(x, 0))
+
+
+def _hard_swish_deriv(ctx, x):
+    inner = (x > -3) & (x < 3)
+    return np.where(inner, x / _c(x, 3) + _c(x, 0.5), np.where(x >= 3, _c(x, 1), _c(x, 0)))
+
+
+# op -> (f' as a function of (ctx, v), which value v is: "x" the input or "y" the output)
+ACTIVATION_GRADS = {
+    "Relu": (lambda ctx, y: y > 0, "y"),
+    "LeakyRelu": (lambda ctx, x: np.where(x < 0, _c(x, ctx.attr("alpha", 0.01)), _c(x, 1)), "x"),
+    "Elu": (lambda ctx, x: _elu_deriv(x, _c(x, ctx.attr("alpha", 1.0))), "x"),
+    "Selu": (lambda ctx, x: _c(x, ctx.attr("gamma", SELU_GAMMA))
+             * _elu_deriv(x, _c(x, ctx.attr("alpha", SELU_ALPHA))), "x"),
+    "Softplus": (lambda ctx, x: sigmoid(x), "x"),
+    "Gelu": (_gelu_deriv, "x"),
+    "HardSigmoid": (_hard_sigmoid_deriv, "x"),
+    "HardSwish": (_hard_swish_deriv, "x"),
+}
+
+
+def _activation_grad(g, node, dys):
+    if not g.needs(node, 0):
+        return [None]
+    v = node.inputs[0] if ACTIVATION_GRADS[node.op_type][1] == "x" else node.outputs[0]
+    return [g.et("ActivationGrad", [dys[0], v], of=node.op_type, **node.attrs)]
+
+
+for _op in ACTIVATION_GRADS:
+    gradient(_op)(_activation_grad)
+
+
+@register("ActivationGrad", versions=(1,), infer=same_as(0), domain=ET_DOMAIN)
+def activation_grad(ctx, dy, v):  # dy (S), v (S): the forward's input or output -> dx (S)
+    return _keep(dy * ACTIVATION_GRADS[ctx.attr("of")][0](ctx, v), dy.dtype)
+
+
 # --- Softmax / LogSoftmax ----------------------------------------------------------------------
 # opset 13: along one axis (default -1). opsets 1 and 11: the input is coerced to 2-D at `axis`
 # (default 1), i.e. normalized over all the dimensions from `axis` on.
@@ -100,10 +167,13 @@ def _softmax_rule(ctx: OpContext, x: TensorType) -> list[TensorType]:
 
 def _as_2d(ctx: OpContext, x: np.ndarray) -> tuple[np.ndarray, int]:
     """The array to normalize and the axis to normalize along (2-D coercion before opset 13)."""
-    axis = _softmax_axis(ctx, x.ndim)
+    return _rows(x, _softmax_axis(ctx, x.ndim), ctx.version < 13)
+
+
+def _rows(x: np.ndarray, axis: int, coerce: bool) -> tuple[np.ndarray, int]:
     if x.ndim == 0:
         return x.reshape(1), 0
-    if ctx.version >= 13:
+    if not coerce:
         return x, axis
     rows = int(np.prod(x.shape[:axis], dtype=np.int64))
     return x.reshape(rows, -1), 1
@@ -133,6 +203,34 @@ def log_softmax(ctx, x):  # x: any shape -> same shape
     s = _shifted(x2, axis)
     s -= np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
     return _keep(s.reshape(x.shape), x.dtype)
+
+
+def _softmax_grad(g, node, dys):  # keeps the output y
+    if not g.needs(node, 0):
+        return [None]
+    version = forward_context(g, node).version
+    axis = int(node.attrs.get("axis", -1 if version >= 13 else 1))
+    return [g.et("SoftmaxGrad", [dys[0], node.outputs[0]], of=node.op_type, axis=axis,
+                 coerce=int(version < 13))]
+
+
+gradient("Softmax")(_softmax_grad)
+gradient("LogSoftmax")(_softmax_grad)
+
+
+@register("SoftmaxGrad", versions=(1,), infer=same_as(0), domain=ET_DOMAIN)
+def softmax_grad(ctx, dy, y):  # dy (S), y (S) -> dx (S), along the forward's (coerced) axis
+    if dy.size == 0:
+        return dy.copy()
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), max(dy.ndim, 1))
+    work = np.promote_types(dy.dtype, np.float32)
+    d2, ax = _rows(dy.astype(work, copy=False), axis, bool(ctx.attr("coerce")))
+    y2, _ = _rows(y.astype(work, copy=False), axis, bool(ctx.attr("coerce")))
+    if ctx.attr("of") == "Softmax":  # dx = y * (dy - sum(dy * y))
+        dx = y2 * (d2 - np.sum(d2 * y2, axis=ax, keepdims=True))
+    else:  # y = log softmax: dx = dy - softmax * sum(dy)
+        dx = d2 - np.exp(y2) * np.sum(d2, axis=ax, keepdims=True)
+    return _keep(dx.reshape(dy.shape), dy.dtype)
 
 
 # --- Dropout -----------------------------------------------------------------------------------
@@ -174,6 +272,59 @@ def dropout(ctx, x, ratio=None, training_mode=None):  # x: any shape -> (y, mask
     else:
         y = _keep(np.where(keep, x * _c(x, 1.0 / (1.0 - p)), _c(x, 0)), x.dtype)
     return y, keep.astype(mask_dtype, copy=False)
+
+
+# Gradient: dx = dy * mask / (1 - ratio) in training, dy in inference. The mask must be the one
+# the forward drew, so the rule reads the node's mask output (the backward keeps only the mask);
+# a training Dropout without a mask output has no gradient. Whether the node trains is decided
+# while building the backward when its mode and ratio are constants, else at run time.
+
+def _static(g, name: str) -> tuple[bool, np.ndarray | None]:
+    """(is the optional input known while building, its value); absent inputs are known."""
+    if not name:
+        return True, None
+    if name in g.graph.initializers and name not in g.graph.overridable:
+        return True, g.graph.initializers[name]
+    return False, None
+
+
+@gradient("Dropout")
+def dropout_grad(g, node, dys):
+    rest = [None] * (len(node.inputs) - 1)
+    if dys[0] is None or not g.needs(node, 0):
+        return [None] + rest
+    ctx = forward_context(g, node)
+    mask = node.outputs[1] if len(node.outputs) > 1 else ""
+    ratio, mode = (list(node.inputs[1:3]) + ["", ""])[:2] if ctx.version >= 12 else ("", "")
+    (ratio_known, r), (mode_known, m) = _static(g, ratio), _static(g, mode)
+    training = _dropout_mode(ctx, r if ratio_known else 0.5, m)[0] if mode_known else None
+    p = _dropout_mode(ctx, r, m)[1] if ratio_known and mode_known else None
+    if training is False or p == 0.0:
+        return [dys[0]] + rest
+    if not mask and training and p is not None:
+        from ..autodiff.backward import GradientError
+        raise GradientError(f"Dropout node {node.name!r} runs in training mode (ratio {p}): its "
+                            "gradient needs the mask the forward drew; give the node its second "
+                            "output (mask)")
+    if ctx.version >= 12:
+        return [g.et("DropoutGrad", [dys[0], mask, ratio, mode])] + rest
+    return [g.et("DropoutGrad", [dys[0], mask], training=1, ratio=p)] + rest
+
+
+@register("DropoutGrad", versions=(1,), infer=same_as(0), domain=ET_DOMAIN)
+def dropout_grad_kernel(ctx, dy, mask=None, ratio=None, training_mode=None):  # keeps the mask
+    training = (bool(ctx.attr("training", 0)) if training_mode is None
+                else bool(np.asarray(training_mode).reshape(-1)[0]))
+    p = float(ctx.attr("ratio", 0.5)) if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+    if not training or p == 0.0:
+        return dy
+    if mask is None:
+        raise ctx.error(f"Dropout runs in training mode (ratio {p}): its gradient needs the mask "
+                        "the forward drew; give the Dropout node its second output (mask)")
+    if p >= 1.0:
+        return np.zeros_like(dy)
+    return _keep(np.where(mask.astype(bool, copy=False), dy * _c(dy, 1.0 / (1.0 - p)),
+                          _c(dy, 0)), dy.dtype)
 
 
 # --- Identity ----------------------------------------------------------------------------------

@@ -127,6 +127,40 @@ register("Min", versions=(8, 12, 13), infer=broadcast())(_variadic(np.minimum))
 register("Max", versions=(8, 12, 13), infer=broadcast())(_variadic(np.maximum))
 
 
+def _extreme_grad(g, node, dys):  # to the input(s) attaining the extreme; ties share evenly
+    wanted = [i for i in range(len(node.inputs)) if g.needs(node, i)]
+    if not wanted:
+        return [None] * len(node.inputs)
+    outs = g.et("ExtremeGrad", [dys[0], *node.inputs], len(wanted), of=node.op_type,
+                wanted=wanted)
+    outs = [outs] if len(wanted) == 1 else outs
+    grads = [None] * len(node.inputs)
+    for i, d in zip(wanted, outs):
+        grads[i] = g.sum_to(d, node.inputs[i])
+    return grads
+
+
+gradient("Min")(_extreme_grad)
+gradient("Max")(_extreme_grad)
+
+
+def _extreme_grad_infer(ctx, dy, *xs):
+    return [TensorType(dy.dtype, dy.shape)] * len(ctx.attr("wanted"))
+
+
+@register("ExtremeGrad", versions=(1,), infer=_extreme_grad_infer, domain=ET_DOMAIN)
+def extreme_grad(ctx, dy, *xs):  # dy (S), xs (broadcast to S) -> d input i (S) for i in wanted
+    # keeps every input: the extreme is recomputed and its ties counted
+    ext = _variadic(np.maximum if ctx.attr("of") == "Max" else np.minimum)(ctx, *xs)
+    hits = [x == ext for x in xs]
+    count = np.zeros(dy.shape, dtype=dy.dtype)
+    for h in hits:
+        count += h
+    share = np.divide(dy, count, out=np.zeros_like(dy), where=count > 0)
+    zero = dy.dtype.type(0)
+    return tuple(np.where(hits[i], share, zero) for i in ctx.attr("wanted"))
+
+
 # --- unary math: kernel and derivative side by side -------------------------------------------
 
 _erf64 = np.frompyfunc(math.erf, 1, 1)
@@ -196,6 +230,20 @@ def where(ctx, cond, x, y):
     return _keep(np.where(cond, x, y), x.dtype)
 
 
+@gradient("Where")
+def where_grad(g, node, dys):  # to X where cond, to Y elsewhere, each summed back; keeps cond
+    dy, (cond, x, y) = dys[0], node.inputs
+    return [None,
+            g.sum_to(g.et("WhereGrad", [dy, cond], branch=0), x) if g.needs(node, 1) else None,
+            g.sum_to(g.et("WhereGrad", [dy, cond], branch=1), y) if g.needs(node, 2) else None]
+
+
+@register("WhereGrad", versions=(1,), infer=same_as(0), domain=ET_DOMAIN)
+def where_grad_kernel(ctx, dy, cond):  # dy (S), cond (to S) -> dy where cond (branch 0) or not
+    zero = dy.dtype.type(0)
+    return np.where(cond, dy, zero) if ctx.attr("branch", 0) == 0 else np.where(cond, zero, dy)
+
+
 # --- Clip: bounds as attributes (6) or optional inputs (11+) -----------------------------------
 
 @register("Clip", versions=(6, 11, 12, 13), infer=same_as(0))
@@ -208,6 +256,21 @@ def clip(ctx, x, lo=None, hi=None):
     if hi is not None:
         out = np.minimum(out, np.asarray(hi, dtype=x.dtype))
     return _keep(np.array(out, copy=out is x), x.dtype)
+
+
+@gradient("Clip")
+def clip_grad(g, node, dys):  # dx = dy where lo < x < hi (strictly, as torch); none to the bounds
+    rest = [None] * (len(node.inputs) - 1)
+    if not g.needs(node, 0):
+        return [None] + rest
+    return [g.et("ClipGrad", [dys[0], *node.inputs[:3]], **node.attrs)] + rest
+
+
+@register("ClipGrad", versions=(1,), infer=same_as(0), domain=ET_DOMAIN)
+def clip_grad_kernel(ctx, dy, x, lo=None, hi=None):  # dy, x (S) -> dx (S); keeps x
+    lo = ctx.attr("min", -np.inf) if lo is None else lo  # attributes before opset 11
+    hi = ctx.attr("max", np.inf) if hi is None else hi
+    return np.where((x > lo) & (x < hi), dy, dy.dtype.type(0))
 
 
 # --- Cast --------------------------------------------------------------------------------------
@@ -236,3 +299,10 @@ def cast(ctx, x):  # any shape; element type -> `to` (also to and from float8/in
         return onnx.numpy_helper.to_float8e8m0(x, saturate, ctx.attr("round_mode", "up")).astype(to)
     with np.errstate(invalid="ignore", over="ignore"):
         return x.astype(to)
+
+
+@gradient("Cast")
+def cast_grad(g, node, dys):  # float to float: dy cast back to the input's type (keeps x for it)
+    if not g.needs(node, 0) or np_dtype(node.attrs["to"]).kind != "f":
+        return [None]  # casts to integers, bool, strings and storage types carry no gradient
+    return [g.et("CastLikeInput", [dys[0], node.inputs[0]])]

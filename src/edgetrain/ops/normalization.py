@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import OpContext, TensorType, register
+from .activation import forward_context
+from .grad_ops import sum_to_shape
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
 from .rules import normalize_axis, shape_error
 
 
@@ -34,6 +36,14 @@ def _bn_spatial(ctx: OpContext) -> bool:
     return ctx.version >= 9 or bool(ctx.attr("spatial", 1))
 
 
+def _bn_geometry(x_shape: tuple[int, ...], spatial: bool):
+    """Statistics' shape, their shape broadcast against X, and the axes they reduce over."""
+    stat_shape = (x_shape[1],) if spatial else tuple(x_shape[1:])
+    bshape = (1,) + stat_shape + (1,) * (len(x_shape) - 1 - len(stat_shape))
+    axes = (0,) + tuple(range(2, len(x_shape))) if spatial else (0,)
+    return stat_shape, bshape, axes
+
+
 def _bn_rule(ctx: OpContext, x: TensorType, scale: TensorType, b: TensorType, mean: TensorType,
              var: TensorType) -> list[TensorType]:
     if x.rank < 2:
@@ -58,9 +68,7 @@ def _bn_rule(ctx: OpContext, x: TensorType, scale: TensorType, b: TensorType, me
 def batch_normalization(ctx, x, scale, b, mean, var):  # x (N,C,...) -> Y like x (+ stats (C,))
     work = _work_dtype(x.dtype, scale.dtype, b.dtype, mean.dtype, var.dtype)
     eps = float(ctx.attr("epsilon", 1e-5))
-    spatial = _bn_spatial(ctx)
-    stat_shape = (x.shape[1],) if spatial else x.shape[1:]
-    bshape = (1,) + stat_shape + (1,) * (x.ndim - 1 - len(stat_shape))  # broadcast against X
+    _, bshape, axes = _bn_geometry(x.shape, _bn_spatial(ctx))
 
     def param(a):
         return np.asarray(a).astype(work, copy=False).reshape(bshape)
@@ -68,7 +76,6 @@ def batch_normalization(ctx, x, scale, b, mean, var):  # x (N,C,...) -> Y like x
     xw = x.astype(work, copy=False)
     training = _bn_training(ctx)
     if training:
-        axes = (0,) + tuple(range(2, x.ndim)) if spatial else (0,)
         cur_mean = xw.mean(axis=axes, keepdims=True)
         cur_var = np.square(xw - cur_mean).mean(axis=axes, keepdims=True)
         m, v = cur_mean, cur_var
@@ -89,6 +96,59 @@ def batch_normalization(ctx, x, scale, b, mean, var):  # x (N,C,...) -> Y like x
     shapes = [mean.shape, var.shape] * 2
     outs = [np.asarray(s).reshape(sh).astype(d) for s, sh, d in zip(stats, shapes, dtypes)]
     return (y, *outs)[:ctx.n_outputs]
+
+
+# Gradient to X, scale and B (none to the running mean and var, nor through the statistics
+# outputs). Inference: the statistics are the frozen inputs, dX = dY * scale / sqrt(var + eps).
+# Training: they are the batch's, and dX also flows through them. The backward keeps X (and the
+# per-channel inputs); training recomputes the batch statistics from X.
+
+@gradient("BatchNormalization")
+def batch_normalization_grad(g, node, dys):
+    out = [None] * len(node.inputs)
+    if dys[0] is None or not any(g.needs(node, i) for i in range(3)):
+        return out
+    ctx = forward_context(g, node)
+    training = _bn_training(ctx)
+    x, scale, b, mean, var = node.inputs[:5]
+    ins = [dys[0], x, scale, b] + ([] if training else [mean, var])
+    grads = g.et("BatchNormalizationGrad", ins, 3, training=int(training),
+                 spatial=int(_bn_spatial(ctx)), epsilon=float(ctx.attr("epsilon", 1e-5)))
+    return [d if g.needs(node, i) else None for i, d in enumerate(grads)] + out[3:]
+
+
+def _bn_grad_rule(ctx: OpContext, dy: TensorType, x: TensorType, scale: TensorType,
+                  b: TensorType, *stats: TensorType | None) -> list[TensorType]:
+    return [TensorType(x.dtype, x.shape), TensorType(scale.dtype, scale.shape),
+            TensorType(b.dtype, b.shape)]
+
+
+@register("BatchNormalizationGrad", versions=(1,), infer=_bn_grad_rule, domain=ET_DOMAIN)
+def batch_normalization_grad_kernel(ctx, dy, x, scale, b, mean=None, var=None):
+    # dy, x (N, C, ...); scale, b, mean, var (C,) -> dX like x, dscale like scale, dB like b
+    training = bool(ctx.attr("training"))
+    work = _work_dtype(x.dtype, dy.dtype, scale.dtype,
+                       *([] if training else [mean.dtype, var.dtype]))
+    eps = work.type(ctx.attr("epsilon", 1e-5))
+    _, bshape, axes = _bn_geometry(x.shape, bool(ctx.attr("spatial", 1)))
+    xw, dyw = x.astype(work, copy=False), dy.astype(work, copy=False)
+    if training:
+        m = xw.mean(axis=axes, keepdims=True)
+        v = np.square(xw - m).mean(axis=axes, keepdims=True)
+    else:
+        m, v = (np.asarray(a).astype(work, copy=False).reshape(bshape) for a in (mean, var))
+    inv_std = 1 / np.sqrt(v + eps)
+    xhat = (xw - m) * inv_std
+    db = dyw.sum(axis=axes, keepdims=True)
+    ds = (dyw * xhat).sum(axis=axes, keepdims=True)
+    gain = scale.astype(work, copy=False).reshape(bshape) * inv_std
+    if training:  # through the batch mean and variance too
+        count = work.type(x.size // max(m.size, 1))
+        dx = gain * (dyw - db / count - xhat * (ds / count))
+    else:
+        dx = dyw * gain
+    return (dx.astype(x.dtype, copy=False), ds.reshape(scale.shape).astype(scale.dtype),
+            db.reshape(b.shape).astype(b.dtype))
 
 
 # --- LayerNormalization ------------------------------------------------------------------------
@@ -126,19 +186,57 @@ def _ln_rule(ctx: OpContext, x: TensorType, scale: TensorType,
     return [TensorType(x.dtype, x.shape), stat, stat][:max(ctx.n_outputs, 1)]
 
 
-@register("LayerNormalization", versions=(17,), infer=_ln_rule)
-def layer_normalization(ctx, x, scale, b=None):  # x (..., normalized dims) -> Y, Mean, InvStdDev
+def _ln_stats(ctx: OpContext, x: np.ndarray):
+    """Stage one: the normalized axes, mean, 1 / std and normalized X, in the working type."""
     axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
-    stash = _ln_stash(ctx)
-    work = np.promote_types(stash, x.dtype)
+    work = np.promote_types(_ln_stash(ctx), x.dtype)
     eps = work.type(ctx.attr("epsilon", 1e-5))
     axes = tuple(range(axis, x.ndim))
     xs = x.astype(work, copy=False)
     mean = xs.mean(axis=axes, keepdims=True)
     d = xs - mean
     inv_std = 1 / np.sqrt(np.mean(d * d, axis=axes, keepdims=True) + eps)
-    y = (d * inv_std).astype(x.dtype, copy=False) * scale.astype(x.dtype, copy=False)
+    return axes, mean, inv_std, d * inv_std
+
+
+@register("LayerNormalization", versions=(17,), infer=_ln_rule)
+def layer_normalization(ctx, x, scale, b=None):  # x (..., normalized dims) -> Y, Mean, InvStdDev
+    stash = _ln_stash(ctx)
+    _, mean, inv_std, xhat = _ln_stats(ctx, x)
+    y = xhat.astype(x.dtype, copy=False) * scale.astype(x.dtype, copy=False)
     if b is not None:
         y = y + b.astype(x.dtype, copy=False)
     y = y.astype(x.dtype, copy=False)
     return (y, mean.astype(stash, copy=False), inv_std.astype(stash, copy=False))[:ctx.n_outputs]
+
+
+# Gradient to X, Scale and B (none through the Mean and InvStdDev outputs). The backward keeps X
+# and recomputes the statistics from it.
+
+@gradient("LayerNormalization")
+def layer_normalization_grad(g, node, dys):
+    out = [None] * len(node.inputs)
+    if dys[0] is None:
+        return out
+    if g.needs(node, 0) or g.needs(node, 1):
+        dx, ds = g.et("LayerNormalizationGrad", [dys[0], *node.inputs[:2]], 2, **node.attrs)
+        out[0] = dx if g.needs(node, 0) else None
+        out[1] = ds if g.needs(node, 1) else None
+    if g.needs(node, 2):
+        out[2] = g.sum_to(dys[0], node.inputs[2])
+    return out
+
+
+def _ln_grad_rule(ctx: OpContext, dy: TensorType, x: TensorType, scale: TensorType):
+    return [TensorType(x.dtype, x.shape), TensorType(scale.dtype, scale.shape)]
+
+
+@register("LayerNormalizationGrad", versions=(1,), infer=_ln_grad_rule, domain=ET_DOMAIN)
+def layer_normalization_grad_kernel(ctx, dy, x, scale):  # dy, x (S), scale (to S) -> dX, dScale
+    axes, _, inv_std, xhat = _ln_stats(ctx, x)
+    dyw = dy.astype(xhat.dtype, copy=False)
+    gx = dyw * scale.astype(xhat.dtype, copy=False)  # d loss / d xhat
+    dx = inv_std * (gx - gx.mean(axis=axes, keepdims=True)
+                    - xhat * (gx * xhat).mean(axis=axes, keepdims=True))
+    ds = sum_to_shape(dyw * xhat, scale.shape)
+    return dx.astype(x.dtype, copy=False), ds.astype(scale.dtype, copy=False)
