@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from edgetrain.autodiff import build_backward
-from edgetrain.graph import Graph, Node, load_graph
+from edgetrain.graph import Graph, Node, Value, load_graph
 from edgetrain.runtime import InferenceSession
 
 
@@ -36,7 +36,6 @@ def with_sum_loss(graph: Graph, outputs: list[np.ndarray], rng) -> Graph:
         nodes.append(Node("Add", [acc, t], [f"loss__acc{i}"], {}, f"loss__add{i}"))
         acc = f"loss__acc{i}"
     nodes.append(Node("Identity", [acc], ["loss"], {}, "loss__out"))
-    from edgetrain.graph.ir import Value
     return Graph(nodes, list(graph.inputs), [Value("loss", np.dtype(np.float64), ())], inits,
                  dict(graph.opsets), graph.name)
 
@@ -72,13 +71,15 @@ def check_gradients(model, feeds: dict[str, np.ndarray], wrt: list[str], *, eps:
 
 
 def one_node_graph(op: str, inputs: dict[str, np.ndarray], n_out: int = 1, opset: int = 17,
-                   consts: dict[str, np.ndarray] | None = None, **attrs) -> onnx.ModelProto:
-    """A model of one node; ``inputs`` are graph inputs (in order), ``consts`` initializers.
+                   consts: dict[str, np.ndarray] | None = None,
+                   input_order: list[str] | None = None, **attrs) -> onnx.ModelProto:
+    """A model of one node; ``inputs`` are graph inputs, ``consts`` initializers.
 
-    An input name of "" leaves that optional input out.
+    The node reads ``inputs`` in order, or the names in ``input_order`` (which may repeat a name,
+    name a constant, or hold "" to leave an optional input out).
     """
     consts = consts or {}
-    order = list(inputs) if "__order" not in attrs else attrs.pop("__order")
+    order = list(inputs) if input_order is None else list(input_order)
     vis = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
            for k, v in inputs.items()]
     outs = [helper.make_tensor_value_info(f"y{i}", onnx.TensorProto.UNDEFINED, None)

@@ -180,7 +180,7 @@ def _dropout_model(opset, n_out, p=None, training=None, mode_input=False, **attr
 def test_dropout_inference_gradient_is_dy(opset, n_out, ratio, training, attrs):
     x = np.random.default_rng(opset).standard_normal((3, 4))
     consts, order, attrs, n_out = _dropout_model(opset, n_out, ratio, training, **attrs)
-    model = one_node_graph("Dropout", {"x": x}, n_out, opset, consts, __order=order, **attrs)
+    model = one_node_graph("Dropout", {"x": x}, n_out, opset, consts, input_order=order, **attrs)
     assert gradient_error(model, {"x": x}, ["x"]) <= TOL
 
 
@@ -190,7 +190,7 @@ def test_dropout_training_gradient_uses_the_forward_mask(opset, ratio, attrs):
     x = np.random.default_rng(3).standard_normal((6, 7)) + 3.0  # nonzero everywhere
     consts, order, attrs, _ = _dropout_model(opset, 2, ratio if opset >= 12 else None,
                                              True if opset >= 12 else None, **attrs)
-    model = one_node_graph("Dropout", {"x": x}, 2, opset, consts, __order=order, **attrs)
+    model = one_node_graph("Dropout", {"x": x}, 2, opset, consts, input_order=order, **attrs)
     (dx,), (y, mask), rs = run_backward(model, {"x": x}, ["x"], extra=["y0", "y1"])
     p = 0.5 if ratio is None else ratio
     keep = mask.astype(bool)
@@ -203,7 +203,7 @@ def test_dropout_training_gradient_uses_the_forward_mask(opset, ratio, attrs):
 def test_dropout_training_without_mask_output_is_refused_by_name():
     x = np.ones((2, 3))
     consts, order, attrs, _ = _dropout_model(13, 1, 0.3, True)
-    model = one_node_graph("Dropout", {"x": x}, 1, 13, consts, __order=order)
+    model = one_node_graph("Dropout", {"x": x}, 1, 13, consts, input_order=order)
     model.graph.node[0].name = "drop7"
     graph = load_graph(model)
     with pytest.raises(GradientError, match="drop7.*mask"):
@@ -218,14 +218,14 @@ def test_dropout_run_time_training_mode():
     x = np.random.default_rng(0).standard_normal((4, 5)) + 3.0
     consts, order, attrs, _ = _dropout_model(13, 2, 0.5, None, mode_input=True)
     on, off = np.array(True), np.array(False)
-    model = one_node_graph("Dropout", {"x": x, "mode": on}, 2, 13, consts, __order=order)
+    model = one_node_graph("Dropout", {"x": x, "mode": on}, 2, 13, consts, input_order=order)
     for mode in (on, off):
         (dx,), (mask,), rs = run_backward(model, {"x": x, "mode": mode}, ["x"], extra=["y1"])
         np.testing.assert_allclose(dx, np.where(mask, rs["y0"] * (2 if mode else 1), 0),
                                    rtol=1e-12)
         assert mask.all() == (not mode)
     # without the mask output: inference still differentiates, training is refused by name
-    model = one_node_graph("Dropout", {"x": x, "mode": on}, 1, 13, consts, __order=order)
+    model = one_node_graph("Dropout", {"x": x, "mode": on}, 1, 13, consts, input_order=order)
     model.graph.node[0].name = "drop_rt"
     (dx,), _, rs = run_backward(model, {"x": x, "mode": off}, ["x"])
     np.testing.assert_allclose(dx, rs["y0"])
@@ -255,7 +255,7 @@ def test_batch_normalization_gradients(opset, attrs, n_out, training, shape):
     mean, var = rng.standard_normal(stat) * 0.3, rng.uniform(0.5, 2.0, stat)
     model = only_first_output(one_node_graph(
         "BatchNormalization", {"x": x, "scale": scale, "b": b}, n_out, opset,
-        {"mean": mean, "var": var}, __order=["x", "scale", "b", "mean", "var"], **attrs))
+        {"mean": mean, "var": var}, input_order=["x", "scale", "b", "mean", "var"], **attrs))
     feeds = {"x": x, "scale": scale, "b": b}
     assert gradient_error(model, feeds, ["x", "scale", "b"]) <= TOL
     # the mode really differs: in training the x gradient sums to zero over each channel
@@ -313,7 +313,7 @@ def test_clip_gradients(opset, lo, hi):
     else:
         consts = {k: np.array(v) for k, v in (("lo", lo), ("hi", hi)) if v is not None}
         order = ["x", "lo" if lo is not None else "", "hi" if hi is not None else ""]
-        model = one_node_graph("Clip", {"x": x}, opset=opset, consts=consts, __order=order)
+        model = one_node_graph("Clip", {"x": x}, opset=opset, consts=consts, input_order=order)
     assert gradient_error(model, {"x": x}, ["x"]) <= TOL
     (dx,), _, rs = run_backward(model, {"x": x}, ["x"])
     inside = (x > (-np.inf if lo is None else lo)) & (x < (np.inf if hi is None else hi))
@@ -324,7 +324,7 @@ def test_clip_gradient_is_zero_at_the_bounds():
     x = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
     model = one_node_graph("Clip", {"x": x}, opset=13, consts={"lo": np.array(-0.5),
                                                                "hi": np.array(0.5)},
-                           __order=["x", "lo", "hi"])
+                           input_order=["x", "lo", "hi"])
     (dx,), _, rs = run_backward(model, {"x": x}, ["x"])
     np.testing.assert_array_equal(dx, [0, 0, rs["y0"][2], 0, 0])
 
@@ -372,7 +372,7 @@ def test_max_min_ties_share_the_gradient(op):
     for got, want in zip((da, db, dc), share):
         np.testing.assert_allclose(got, rs["y0"] * want, rtol=1e-12)
     # an input given twice gets both its shares: Max(a, a, b)
-    model = one_node_graph(op, {"a": a, "b": b}, opset=13, __order=["a", "a", "b"])
+    model = one_node_graph(op, {"a": a, "b": b}, opset=13, input_order=["a", "a", "b"])
     (da, db), _, rs = run_backward(model, {"a": a, "b": b}, ["a", "b"])
     ext = (np.maximum if op == "Max" else np.minimum)(a, b)
     count = 2 * (a == ext) + (b == ext)

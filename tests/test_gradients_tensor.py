@@ -103,7 +103,7 @@ def test_flatten(axis):
 @pytest.mark.parametrize("shape", [[6], [0, -1], [3, 2, 1], [-1, 2]])
 def test_reshape(shape):
     x = rand(np.random.default_rng(0), (2, 3))
-    check("Reshape", {"x": x}, consts={"s": np.array(shape, I64)}, __order=["x", "s"])
+    check("Reshape", {"x": x}, consts={"s": np.array(shape, I64)}, input_order=["x", "s"])
 
 
 @pytest.mark.parametrize("perm", [None, [1, 0, 2], [2, 0, 1], [0, 2, 1]])
@@ -119,7 +119,7 @@ def test_squeeze(opset, axes):
         check("Squeeze", {"x": x}, opset=opset)
     elif opset >= 13:
         check("Squeeze", {"x": x}, opset=opset, consts={"a": np.array(axes, I64)},
-              __order=["x", "a"])
+              input_order=["x", "a"])
     else:
         check("Squeeze", {"x": x}, opset=opset, axes=axes)
 
@@ -129,7 +129,7 @@ def test_unsqueeze(opset, axes):
     x = rand(np.random.default_rng(0), (2, 3))
     if opset >= 13:
         check("Unsqueeze", {"x": x}, opset=opset, consts={"a": np.array(axes, I64)},
-              __order=["x", "a"])
+              input_order=["x", "a"])
     else:
         check("Unsqueeze", {"x": x}, opset=opset, axes=axes)
 
@@ -146,7 +146,7 @@ def test_concat(axis, wrt):
 def test_split_with_sizes():
     x = rand(np.random.default_rng(0), (2, 6))
     check("Split", {"x": x}, n_out=3, opset=13, consts={"s": np.array([1, 3, 2], I64)},
-          __order=["x", "s"], axis=-1)
+          input_order=["x", "s"], axis=-1)
 
 
 def test_split_num_outputs_uneven():
@@ -178,7 +178,7 @@ def test_slice(starts, ends, axes, steps):
         if v is not None:
             consts[k] = np.array(v, I64)
     order = ["x"] + list(consts)
-    check("Slice", {"x": x}, consts=consts, __order=order)
+    check("Slice", {"x": x}, consts=consts, input_order=order)
 
 
 def test_slice_attributes_opset9():
@@ -196,7 +196,7 @@ def test_slice_attributes_opset9():
 ])
 def test_gather(axis, indices):
     x = rand(np.random.default_rng(0), (3, 4, 2 if axis == 2 else 5))
-    check("Gather", {"x": x}, consts={"i": np.array(indices, I64)}, __order=["x", "i"],
+    check("Gather", {"x": x}, consts={"i": np.array(indices, I64)}, input_order=["x", "i"],
           axis=axis)
 
 
@@ -215,7 +215,7 @@ def test_gather_elements(axis):
     dim = x.shape[axis]
     idx = rng.integers(-dim, dim, size=shape)
     idx.reshape(-1)[:2] = [1, 1 - dim]  # a repeat through a negative index
-    check("GatherElements", {"x": x}, consts={"i": idx.astype(I64)}, __order=["x", "i"],
+    check("GatherElements", {"x": x}, consts={"i": idx.astype(I64)}, input_order=["x", "i"],
           axis=axis)
 
 
@@ -223,13 +223,13 @@ def test_gather_elements(axis):
                                       ((2, 3), [1, 1, 3])])
 def test_expand(xs, shape):
     x = rand(np.random.default_rng(0), xs)
-    check("Expand", {"x": x}, consts={"s": np.array(shape, I64)}, __order=["x", "s"])
+    check("Expand", {"x": x}, consts={"s": np.array(shape, I64)}, input_order=["x", "s"])
 
 
 @pytest.mark.parametrize("xs,reps", [((2, 3), [2, 1]), ((2, 3), [1, 3]), ((2, 1, 2), [2, 3, 1])])
 def test_tile(xs, reps):
     x = rand(np.random.default_rng(0), xs)
-    check("Tile", {"x": x}, consts={"r": np.array(reps, I64)}, __order=["x", "r"])
+    check("Tile", {"x": x}, consts={"r": np.array(reps, I64)}, input_order=["x", "r"])
 
 
 @pytest.mark.parametrize("mode,pads,opset", [
@@ -239,7 +239,7 @@ def test_tile(xs, reps):
 ])
 def test_pad(mode, pads, opset):
     x = rand(np.random.default_rng(0), (4, 3))
-    check("Pad", {"x": x}, opset=opset, consts={"p": np.array(pads, I64)}, __order=["x", "p"],
+    check("Pad", {"x": x}, opset=opset, consts={"p": np.array(pads, I64)}, input_order=["x", "p"],
           mode=mode)
 
 
@@ -248,7 +248,7 @@ def test_pad_constant_value_and_axes():
     x, v = rand(rng, (2, 3, 2)), np.array(0.7)
     model = one_node_graph("Pad", {"x": x, "v": v}, opset=18,
                            consts={"p": np.array([1, -1, 2, 1], I64), "a": np.array([2, 1], I64)},
-                           __order=["x", "p", "v", "a"])
+                           input_order=["x", "p", "v", "a"])
     assert check_gradients(model, {"x": x, "v": v}, ["x", "v"]) <= TOL
 
 
@@ -263,7 +263,7 @@ def test_trilu(upper, k):
     if k is None:
         check("Trilu", {"x": x}, opset=14, upper=upper)
     else:
-        check("Trilu", {"x": x}, opset=14, consts={"k": np.array(k, I64)}, __order=["x", "k"],
+        check("Trilu", {"x": x}, opset=14, consts={"k": np.array(k, I64)}, input_order=["x", "k"],
               upper=upper)
 
 
@@ -272,7 +272,7 @@ def test_trilu(upper, k):
 @pytest.mark.parametrize("axis", [1, -3])
 def test_cumsum(exclusive, reverse, axis):
     x = rand(np.random.default_rng(0), (3, 4, 2))
-    check("CumSum", {"x": x}, opset=14, consts={"a": np.array(axis, I64)}, __order=["x", "a"],
+    check("CumSum", {"x": x}, opset=14, consts={"a": np.array(axis, I64)}, input_order=["x", "a"],
           exclusive=exclusive, reverse=reverse)
 
 
@@ -289,7 +289,7 @@ def test_cumsum(exclusive, reverse, axis):
 ])
 def test_backward_does_not_read_x(op, consts, attrs):
     x = rand(np.random.default_rng(0), (3, 4))
-    model = one_node_graph(op, {"x": x}, consts=consts, __order=["x"] + list(consts), **attrs)
+    model = one_node_graph(op, {"x": x}, consts=consts, input_order=["x"] + list(consts), **attrs)
     graph = load_graph(model)
     n_fwd = len(graph.nodes)
     back = build_backward(graph, "y0", ["x"])

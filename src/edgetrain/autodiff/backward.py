@@ -48,6 +48,13 @@ class GradBuilder:
                 self._taken.add(name)
                 return name
 
+    def claim(self, name: str) -> str:
+        """``name`` itself if no value has it yet, else a fresh name derived from it."""
+        if name in self._taken:
+            return self.fresh(name)
+        self._taken.add(name)
+        return name
+
     def needs(self, node: Node, i: int) -> bool:
         """Does input ``i`` of ``node`` need a gradient?"""
         return i < len(node.inputs) and node.inputs[i] in self.active
@@ -143,8 +150,7 @@ def build_backward(graph: Graph, loss: str, wrt: Iterable[str], *,
     grads: dict[str, str] = {}
     for w in wrt:
         dw = total(w)
-        out = g.fresh(w + grad_suffix) if (w + grad_suffix) in g._taken else w + grad_suffix
-        g._taken.add(out)
+        out = g.claim(w + grad_suffix)
         src = dw if dw is not None else g.et("ZerosLike", [w])
         g.nodes.append(Node("Identity", [src], [out], {}, g.fresh(f"{w}/grad_out"), ""))
         grads[w] = out
