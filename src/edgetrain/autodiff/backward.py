@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import EdgetrainError
+from ..graph.build import NodeBuilder
 from ..graph.ir import Graph, Node, Value
 from ..ops.registry import ET_DOMAIN, gradient_rule
 
@@ -27,54 +28,22 @@ class GradientError(EdgetrainError):
     """A value on the path to the loss goes through an op that has no gradient rule."""
 
 
-class GradBuilder:
+class GradBuilder(NodeBuilder):
     """What a gradient rule uses to emit backward nodes."""
 
+    tag = "grad"
+
     def __init__(self, graph: Graph, active: set[str]):
-        self.graph = graph
+        super().__init__(graph)
         self.active = active
-        self.nodes: list[Node] = []
-        self.constants: dict[str, np.ndarray] = {}
-        self._taken = ({v.name for v in graph.inputs} | set(graph.initializers)
-                       | {o for n in graph.nodes for o in n.outputs})
-        self._count = 0
-        self.current = ""  # the forward node being differentiated, for names
-
-    def fresh(self, hint: str) -> str:
-        while True:
-            self._count += 1
-            name = f"{hint}__grad{self._count}"
-            if name not in self._taken:
-                self._taken.add(name)
-                return name
-
-    def claim(self, name: str) -> str:
-        """``name`` itself if no value has it yet, else a fresh name derived from it."""
-        if name in self._taken:
-            return self.fresh(name)
-        self._taken.add(name)
-        return name
 
     def needs(self, node: Node, i: int) -> bool:
         """Does input ``i`` of ``node`` need a gradient?"""
         return i < len(node.inputs) and node.inputs[i] in self.active
 
-    def op(self, op_type: str, inputs: Sequence[str], n_out: int = 1, *, domain: str = "",
-           **attrs) -> str | list[str]:
-        """Emit a node; returns its output name (or names when ``n_out > 1``)."""
-        outs = [self.fresh(f"{self.current}/{op_type}") for _ in range(n_out)]
-        name = self.fresh(f"{self.current}/{op_type}_node")
-        self.nodes.append(Node(op_type, list(inputs), outs, attrs, name, domain))
-        return outs[0] if n_out == 1 else outs
-
     def et(self, op_type: str, inputs: Sequence[str], n_out: int = 1, **attrs):
         """Emit one of edgetrain's own backward ops (domain ai.edgetrain)."""
         return self.op(op_type, inputs, n_out, domain=ET_DOMAIN, **attrs)
-
-    def const(self, value: np.ndarray, hint: str = "const") -> str:
-        name = self.fresh(hint)
-        self.constants[name] = np.asarray(value)
-        return name
 
     def sum_to(self, dy: str, like: str) -> str:
         """``dy`` summed over the axes along which ``like`` was broadcast (undo broadcasting)."""

@@ -77,8 +77,9 @@ class Graph:
         model = helper.make_model(
             g, opset_imports=[helper.make_opsetid(d, v) for d, v in self.opsets.items()],
             producer_name="edgetrain")
-        if ir_version is not None:
-            model.ir_version = ir_version
+        if ir_version is None:  # the oldest IR that carries these opsets: readable by more tools
+            ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+        model.ir_version = ir_version
         for k, v in self.doc.items():
             helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, k: v})
         return model

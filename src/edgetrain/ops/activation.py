@@ -327,6 +327,28 @@ def dropout_grad_kernel(ctx, dy, mask=None, ratio=None, training_mode=None):  # 
                           _c(dy, 0)), dy.dtype)
 
 
+# Dropout of a training graph (edgetrain builds it from a Dropout node): the mask depends only on
+# the node's seed and the training step fed as input, so a resumed run draws the same masks.
+
+@register("TrainingDropout", versions=(1,), domain=ET_DOMAIN, foldable=False,
+          infer=lambda ctx, x, step: [TensorType(x.dtype, x.shape), TensorType(BOOL, x.shape)])
+def training_dropout(ctx, x, step):  # x: any shape, step: int64 scalar -> (y like x, bool mask)
+    p = float(ctx.attr("ratio", 0.5))
+    rng = np.random.default_rng([int(ctx.attr("seed", 0)) % (1 << 63), int(step) % (1 << 63)])
+    keep = rng.random(x.shape, dtype=np.float32) >= p
+    if p >= 1.0:
+        return np.zeros_like(x), keep
+    return _keep(np.where(keep, x * _c(x, 1.0 / (1.0 - p)), _c(x, 0)), x.dtype), keep
+
+
+@gradient("TrainingDropout", ET_DOMAIN)
+def training_dropout_grad(g, node, dys):
+    if dys[0] is None or not g.needs(node, 0):
+        return [None, None]
+    return [g.et("DropoutGrad", [dys[0], node.outputs[1]], training=1,
+                 ratio=float(node.attrs.get("ratio", 0.5))), None]
+
+
 # --- Identity ----------------------------------------------------------------------------------
 
 @register("Identity", versions=(1, 13, 14, 16, 19, 21, 23, 24, 25), infer=same_as(0))

@@ -27,6 +27,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
     declared = {v.name: v for v in graph.inputs}
     expected_names = ", ".join(f"{v.name} {v.describe()}" for v in graph.inputs)
     out: dict[str, np.ndarray] = {}
+    dims: dict[str, tuple[int, str]] = {}  # named dimension -> (size, the input that set it)
     for name, given in feeds.items():
         if name in graph.overridable:
             out[name] = np.asarray(given)
@@ -44,6 +45,13 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
             if bad:
                 raise InputError(f"input {name!r} has shape {list(arr.shape)}, expected "
                                  f"{v.describe()} (? and names are free dimensions)")
+            for d, s in zip(v.shape, arr.shape):
+                if isinstance(d, str) and d:
+                    size, by = dims.setdefault(d, (s, name))
+                    if size != s:
+                        raise InputError(f"input {name!r} has shape {list(arr.shape)}, expected "
+                                         f"{v.describe()}: dimension {d!r} is {s} here but "
+                                         f"{size} in input {by!r}")
         out[name] = arr
     missing = [v.name for v in graph.inputs if v.name not in out]
     if missing:
@@ -113,13 +121,14 @@ class InferenceSession:
     """
 
     def __init__(self, model: ModelLike, *, base_dir: str | os.PathLike | None = None,
-                 check: bool = False):
+                 check: bool = False, dynamic: Sequence[str] = ()):
         self.graph = model if isinstance(model, Graph) else load_graph(model, base_dir)
         self.check = check
         self._plans: dict[tuple, CompiledRun] = {}
         # inputs whose values the plan depends on (a graph that takes axes or a shape as an
         # input); found on the first plan that needs them, then part of the plan's cache key
         self._by_value: set[str] = set()
+        self._dynamic = set(dynamic)  # inputs never planned by value (labels, parameters...)
 
     def get_inputs(self) -> list[Value]:
         return list(self.graph.inputs)
@@ -134,7 +143,7 @@ class InferenceSession:
             try:
                 plan = compile_run(self.graph, feeds, self._by_value)
             except ConstantRequiredError:
-                candidates = small_feeds(feeds) - self._by_value
+                candidates = small_feeds(feeds) - self._by_value - self._dynamic
                 if not candidates:
                     raise
                 self._by_value |= candidates

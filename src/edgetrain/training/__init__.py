@@ -1,0 +1,1 @@
+"""What users call to train: losses, artifacts, checkpoint state, module, optimizer, schedules."""

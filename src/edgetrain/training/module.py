@@ -1,0 +1,223 @@
+"""Module: runs training and eval steps of the artifacts on a CheckpointState
+(ONNX Runtime's ``onnxruntime.training.api.Module``, same names and semantics)."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..graph.ir import Graph, Value
+from ..graph.load import load_graph
+from ..runtime.session import InferenceSession
+from .checkpoint import CheckpointError, CheckpointState, atomic_write
+from .graphs import META_KEY, ArtifactError, Roles
+
+
+def _load_roles(model, what: str) -> tuple[Graph, Roles]:
+    graph = model if isinstance(model, Graph) else load_graph(model)
+    text = graph.doc.get(META_KEY)
+    if text is None:
+        where = model if isinstance(model, (str, os.PathLike)) else "the given model"
+        raise ArtifactError(f"{where!s} is not an edgetrain {what} model (no {META_KEY!r} metadata); "
+                            "make one with edgetrain.artifacts.generate_artifacts")
+    return graph, Roles.from_json(text)
+
+
+class Module:
+    """Train and eval steps. ``module(*inputs)`` runs one step in the current mode (``train()`` by
+    default) with the inputs in ``input_names()`` order (user inputs, then labels) and returns the
+    loss (or the list of outputs when the model has additional outputs).
+
+    Gradients accumulate across training steps until ``lazy_reset_grad()``: the next step then
+    overwrites them instead of adding. A failed step changes nothing.
+    """
+
+    def __init__(self, train_model_uri, state: CheckpointState, eval_model_uri=None,
+                 device: str = "cpu"):
+        if device != "cpu":
+            raise ValueError(f"device {device!r}: edgetrain runs on the CPU ('cpu')")
+        if not isinstance(state, CheckpointState):
+            raise TypeError(f"state must be a CheckpointState, not {type(state).__name__}")
+        self._train_graph, self._roles = _load_roles(train_model_uri, "training")
+        self._eval_graph = None
+        if eval_model_uri is not None:
+            self._eval_graph, eval_roles = _load_roles(eval_model_uri, "eval")
+            if eval_roles.params != self._roles.params:
+                raise ArtifactError("the eval model's parameters differ from the training "
+                                    "model's: they come from different artifacts")
+        self._state = state
+        self._check_state()
+        fixed = set(self._roles.params) | set(self._roles.buffers) | set(self._roles.labels)
+        if self._roles.rng_step:
+            fixed.add(self._roles.rng_step)
+        self._train_session = InferenceSession(self._train_graph, dynamic=fixed)
+        self._eval_session = (InferenceSession(self._eval_graph, dynamic=fixed)
+                              if self._eval_graph is not None else None)
+        self._reset_pending = True
+        self.training = True
+
+    # --- state ---------------------------------------------------------------------------------
+    def _check_state(self) -> None:
+        declared = {v.name: v for v in self._train_graph.inputs}
+        names = self._roles.params + self._roles.buffers
+        for k in names:
+            if k not in self._state._shapes:
+                raise CheckpointError(f"the checkpoint has no parameter {k!r} that the training "
+                                      "model needs: it belongs to another model")
+            v, shape, dtype = declared[k], self._state._shapes[k], self._state._dtypes[k]
+            if tuple(v.shape) != shape or np.dtype(v.dtype) != dtype:
+                raise CheckpointError(f"parameter {k!r} is {dtype}{list(shape)} in the checkpoint "
+                                      f"but {v.describe()} {v.dtype} in the training model: the "
+                                      "checkpoint belongs to another model")
+        extra = [k for k in self._state._shapes if k not in set(names)]
+        if extra:
+            raise CheckpointError(f"the checkpoint has parameters the training model does not use "
+                                  f"({', '.join(extra[:3])}): it belongs to another model")
+        trainable = set(self._roles.trainable)
+        if self._state._trainable != trainable:
+            diff = sorted(self._state._trainable ^ trainable)
+            raise CheckpointError(f"the checkpoint and the training model disagree on which "
+                                  f"parameters train ({', '.join(diff[:3])}): different artifacts")
+
+    def _state_feeds(self) -> dict[str, np.ndarray]:
+        missing = self._state.missing()
+        if missing:
+            raise CheckpointError(f"the checkpoint is nominal: {len(missing)} parameter(s) have no "
+                                  f"data (e.g. {missing[0]!r}); load them with "
+                                  "copy_buffer_to_parameters or by assigning parameters[...].data")
+        return {k: self._state._tensors[k] for k in self._roles.params + self._roles.buffers}
+
+    # --- steps ---------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def input_names(self) -> list[str]:
+        if self.training or self._eval_graph is None:
+            return list(self._roles.inputs)
+        return list(_load_roles(self._eval_graph, "eval")[1].inputs)
+
+    def output_names(self) -> list[str]:
+        return list(self._roles.outputs)
+
+    def _feeds(self, inputs: Sequence, kw: dict) -> dict[str, np.ndarray]:
+        names = self.input_names()
+        if len(inputs) > len(names):
+            raise InputError(f"{len(inputs)} inputs given; the model takes {len(names)}: "
+                             f"{', '.join(names)}")
+        feeds = dict(zip(names, inputs))
+        for k, v in kw.items():
+            if k not in names:
+                raise InputError(f"unknown input {k!r}; the model's inputs are {', '.join(names)}")
+            if k in feeds:
+                raise InputError(f"input {k!r} given twice")
+            feeds[k] = v
+        missing = [k for k in names if k not in feeds]
+        if missing:
+            raise InputError(f"missing input(s) {', '.join(map(repr, missing))}; the model's "
+                             f"inputs are, in order: {', '.join(names)}")
+        return feeds
+
+    def __call__(self, *inputs, **named):
+        feeds = self._feeds(inputs, named)
+        feeds.update(self._state_feeds())
+        if not self.training:
+            if self._eval_session is None:
+                raise ArtifactError("eval() needs the eval model: Module(train, state, eval_model)")
+            outs = self._eval_session.run(self._roles.outputs, feeds)
+            return outs[0] if len(outs) == 1 else outs
+        r = self._roles
+        if r.rng_step:
+            feeds[r.rng_step] = np.asarray(self._state.train_step, dtype=np.int64)
+        grads = [r.gradients[p] for p in r.trainable]
+        updates = list(r.buffer_updates.items())
+        outs = self._train_session.run(r.outputs + grads + [u for _, u in updates], feeds)
+        n = len(r.outputs)
+        # commit only after the whole step succeeded
+        for p, g in zip(r.trainable, outs[n:n + len(grads)]):
+            if self._reset_pending or p not in self._state._grads:
+                self._state._grads[p] = np.array(g)
+            else:
+                self._state._grads[p] += g
+        self._reset_pending = False
+        for (b, _), new in zip(updates, outs[n + len(grads):]):
+            self._state._tensors[b][...] = new
+        self._state.train_step += 1
+        return outs[0] if n == 1 else outs[:n]
+
+    def lazy_reset_grad(self) -> None:
+        """The next training step overwrites the gradients instead of adding to them."""
+        self._reset_pending = True
+
+    # --- parameters as one buffer (federated learning) ------------------------------------------
+    def _names(self, trainable_only: bool) -> list[str]:
+        return list(self._roles.trainable if trainable_only
+                    else self._roles.params + self._roles.buffers)
+
+    def get_parameters_size(self, trainable_only: bool = True) -> int:
+        return int(sum(np.prod(self._state._shapes[k], dtype=np.int64)
+                       for k in self._names(trainable_only)))
+
+    def get_contiguous_parameters(self, trainable_only: bool = False) -> np.ndarray:
+        """Parameters (then, unless ``trainable_only``, frozen ones and buffers) flattened into
+        one float32 vector, in the training model's order."""
+        self._state_feeds()
+        parts = [self._state._tensors[k].reshape(-1) for k in self._names(trainable_only)]
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+    def copy_buffer_to_parameters(self, buffer, trainable_only: bool = True) -> None:
+        """The inverse of ``get_contiguous_parameters``: checked in full before anything changes."""
+        buf = np.asarray(buffer).reshape(-1)
+        names = self._names(trainable_only)
+        want = self.get_parameters_size(trainable_only)
+        if buf.size != want:
+            raise InputError(f"buffer has {buf.size} elements; the "
+                             f"{'trainable ' if trainable_only else ''}parameters have {want}")
+        at = 0
+        for k in names:
+            shape, dtype = self._state._shapes[k], self._state._dtypes[k]
+            n = int(np.prod(shape, dtype=np.int64))
+            self._state._set(k, buf[at:at + n].reshape(shape).astype(dtype))
+            at += n
+
+    # --- export --------------------------------------------------------------------------------
+    def export_model_for_inferencing(self, inference_model_uri="inference_model.onnx",
+                                     graph_output_names: Sequence[str] | None = None) -> None:
+        """Write an inference model: the eval graph cut to ``graph_output_names`` (default: the
+        original model's outputs), current parameters as initializers, no loss or label inputs."""
+        if self._eval_graph is None:
+            raise ArtifactError("export needs the eval model: Module(train, state, eval_model)")
+        outputs = list(graph_output_names or self._roles.model_outputs)
+        graph = export_graph(self._eval_graph, outputs, self._state_feeds())
+        labels = [v.name for v in graph.inputs if v.name in set(self._roles.labels)]
+        if labels:
+            raise ArtifactError(f"outputs {outputs} depend on the label input(s) {labels}: "
+                                "export model outputs, not the loss")
+        atomic_write(inference_model_uri, graph.to_onnx().SerializeToString())
+
+
+def export_graph(graph: Graph, outputs: Sequence[str], state: dict[str, np.ndarray]) -> Graph:
+    """``graph`` pruned to what ``outputs`` need, with ``state`` inputs as initializers."""
+    produced = {o: n for n in graph.nodes for o in n.outputs if o}
+    known = {v.name for v in graph.inputs} | set(graph.initializers) | set(produced)
+    for o in outputs:
+        if o not in known:
+            raise ArtifactError(f"{o!r} is not a value of the model")
+    need, keep = set(outputs), []
+    for n in reversed(graph.nodes):
+        if any(o in need for o in n.outputs if o):
+            keep.append(n)
+            need.update(x for x in n.inputs if x)
+    keep.reverse()
+    types = {v.name: v for v in graph.inputs + graph.outputs}
+    inits = {k: v for k, v in graph.initializers.items() if k in need}
+    inits.update({k: np.array(v) for k, v in state.items() if k in need})
+    inputs = [v for v in graph.inputs if v.name in need and v.name not in state]
+    outs = [types.get(o, Value(o, None, None)) for o in outputs]
+    doc = {k: v for k, v in graph.doc.items() if k != META_KEY}
+    return Graph(keep, inputs, outs, inits, dict(graph.opsets), graph.name, set(), doc)
