@@ -3,8 +3,9 @@
 * **Untie aliases**: torch's exporter stores parameters with identical initial values once and
   reads them through ``Identity`` nodes; each such alias becomes its own parameter again, named as
   torch names it, so that training does not tie what the model never tied.
-* **State**: parameters are the float initializers of rank >= 1 the model uses; BatchNormalization
-  running means and variances are *buffers* (state, never trainable). In the training and eval
+* **State**: parameters are the float initializers of rank >= 1 the model uses, except those
+  holding infinities (attention masks: constants); BatchNormalization running means and
+  variances are *buffers* (state, never trainable). In the training and eval
   graphs every state tensor is a graph input fed from the checkpoint, so the model files hold no
   weights (as ONNX Runtime's artifacts).
 * **Modes**: BatchNormalization trains with batch statistics and updates its running statistics, or
@@ -67,7 +68,8 @@ def split_state(graph: Graph) -> tuple[list[str], list[str]]:
                for x in n.inputs[3:5] if x in graph.initializers}
     used = {x for n in graph.nodes for x in n.inputs}
     params = [k for k, a in graph.initializers.items()
-              if a.dtype.kind == "f" and a.ndim >= 1 and k in used and k not in buffers]
+              if a.dtype.kind == "f" and a.ndim >= 1 and k in used and k not in buffers
+              and np.isfinite(a).all()]
     return params, [k for k in graph.initializers if k in buffers]
 
 
