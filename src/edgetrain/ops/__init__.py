@@ -6,7 +6,8 @@ from .registry import (ET_DOMAIN, OpContext, OpDef, TensorType, differentiable_o
 
 FAMILIES = (
     "elementwise", "activation", "normalization", "linalg", "reduce", "tensor", "tensor_grad",
-    "index", "shape_ops", "conv", "pool", "conv_grad", "pool_grad", "rnn", "resize", "grad_ops",
+    "index", "shape_ops", "conv", "pool", "conv_grad", "pool_grad", "rnn", "rnn_grad", "resize",
+    "grad_ops",
 )
 
 for _family in FAMILIES:

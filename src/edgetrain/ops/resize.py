@@ -1,4 +1,5 @@
-"""Resize (opset 10, 11, 13, 18, 19): nearest, N-linear and N-cubic interpolation.
+"""Resize (opset 10, 11, 13, 18, 19): nearest, N-linear and N-cubic interpolation, and its
+gradient (ResizeGrad, domain ai.edgetrain).
 
 Interpolation is separable: each resized axis is done in turn with a per-axis table of source
 indices and weights (one gather per filter tap), never per pixel. The coordinate transformation,
@@ -12,7 +13,8 @@ import math
 
 import numpy as np
 
-from .registry import OpContext, TensorType, register
+from .activation import forward_context
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
 from .rules import constant, normalize_axes, shape_error
 
 _CTMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
@@ -185,18 +187,17 @@ def _along(a: np.ndarray, v: np.ndarray, axis: int) -> np.ndarray:
 
 # --- the kernel --------------------------------------------------------------------------------
 
-@register("Resize", versions=(10, 11, 13, 18, 19), infer=_resize_infer)
-def resize(ctx, x, *rest):
-    # x: [d0, ..., dn] -> [floor(d * scale) or sizes per axis], same dtype
+def _setup(ctx, shape, rest):
+    """Everything the per-axis tables need: (out, scale, out_f, ROI per axis, mode, ctm,
+    nearest_mode), from the node's attributes and its roi / scales / sizes inputs."""
     roi, scales, sizes = _inputs(ctx, rest)
-    out, scale, out_f, axes = _plan(ctx, x.shape, scales, sizes)
+    out, scale, out_f, axes = _plan(ctx, shape, scales, sizes)
     mode = ctx.attr("mode", "nearest")
     ctm = ctx.attr("coordinate_transformation_mode", "half_pixel") if ctx.version >= 11 \
         else "asymmetric"
     nearest = ctx.attr("nearest_mode", "round_prefer_floor")
     roi = _present(roi)
-    rank = x.ndim
-    full_roi = [(0.0, 1.0)] * rank
+    full_roi = [(0.0, 1.0)] * len(shape)
     if ctm == "tf_crop_and_resize":
         if roi is None:
             raise ctx.error("coordinate_transformation_mode tf_crop_and_resize needs 'roi'")
@@ -205,38 +206,69 @@ def resize(ctx, x, *rest):
             raise ctx.error(f"roi has {len(roi)} values; expected {2 * len(axes)}")
         for i, a in enumerate(axes):
             full_roi[a] = (roi[i], roi[len(axes) + i])
+    return out, scale, out_f, full_roi, mode, ctm, nearest
 
+
+def _axis_table(ctx, plan, a, n_in):
+    """Along axis ``a``: None where the axis is left as is, else (source indices [n_out] for
+    nearest or [n_out, taps], weights [n_out, taps] or None for nearest, extrapolated mask or
+    None). Sizes 0 give empty indices."""
+    out, scale, out_f, full_roi, mode, ctm, nearest = plan
+    n_out = out[a]
+    if n_out == n_in and scale[a] == 1.0 and full_roi[a] == (0.0, 1.0):
+        return None
+    if n_out == 0 or n_in == 0:
+        return np.zeros((n_out, 0), np.intp), np.zeros((n_out, 0)), None
+    src, extra = _source_coords(ctm, n_out, n_in, scale[a], out_f[a], full_roi[a])
+    if extra is not None and not extra.any():
+        extra = None
+    if mode == "nearest":
+        nm = nearest if ctx.version >= 11 else ("ceil" if scale[a] < 1 else "floor")
+        return np.clip(_nearest_index(src, nm), 0, n_in - 1).astype(np.intp), None, extra
+    idx, w = _taps(ctx, mode, src, n_in, scale[a])
+    return idx, w, extra
+
+
+def _extrapolated(rank: int, masks) -> np.ndarray:
+    """Where any axis's source coordinate fell outside the input (tf_crop_and_resize; the
+    output there is ``extrapolation_value``); ``masks``: (axis, mask) pairs."""
+    hit = np.zeros((1,) * rank, bool)
+    for a, m in masks:
+        hit = hit | _along(hit, m, a)
+    return hit
+
+
+@register("Resize", versions=(10, 11, 13, 18, 19), infer=_resize_infer)
+def resize(ctx, x, *rest):
+    # x: [d0, ..., dn] -> [floor(d * scale) or sizes per axis], same dtype
+    plan = _setup(ctx, x.shape, rest)
+    out, mode = plan[0], plan[4]
+    rank = x.ndim
     work = np.dtype(np.float32 if x.dtype in (np.float16, np.float32) else np.float64)
     y = x if mode == "nearest" else x.astype(work, copy=False)
     masks = []
     # shrink first: later axes then work on less data
     for a in sorted(range(rank), key=lambda a: out[a] / max(x.shape[a], 1)):
-        n_in, n_out = x.shape[a], out[a]
-        if n_out == n_in and scale[a] == 1.0 and full_roi[a] == (0.0, 1.0):
+        table = _axis_table(ctx, plan, a, x.shape[a])
+        if table is None:
             continue
-        if n_out == 0 or n_in == 0:
-            shape = list(y.shape)
-            shape[a] = n_out
-            y = np.zeros(shape, y.dtype)
-            continue
-        src, extra = _source_coords(ctm, n_out, n_in, scale[a], out_f[a], full_roi[a])
-        if extra is not None and extra.any():
+        idx, w, extra = table
+        if extra is not None:
             masks.append((a, extra))
-        if mode == "nearest":
-            nm = nearest if ctx.version >= 11 else ("ceil" if scale[a] < 1 else "floor")
-            idx = np.clip(_nearest_index(src, nm), 0, n_in - 1).astype(np.intp)
+        if idx.shape[-1] == 0:
+            shape = list(y.shape)
+            shape[a] = out[a]
+            y = np.zeros(shape, y.dtype)
+        elif w is None:  # nearest
             y = np.take(y, idx, axis=a)
-            continue
-        idx, w = _taps(ctx, mode, src, n_in, scale[a])
-        w = w.astype(work)
-        acc = np.take(y, idx[:, 0], axis=a) * _along(y, w[:, 0], a)
-        for k in range(1, idx.shape[1]):
-            acc += np.take(y, idx[:, k], axis=a) * _along(y, w[:, k], a)
-        y = acc
+        else:
+            w = w.astype(work)
+            acc = np.take(y, idx[:, 0], axis=a) * _along(y, w[:, 0], a)
+            for k in range(1, idx.shape[1]):
+                acc += np.take(y, idx[:, k], axis=a) * _along(y, w[:, k], a)
+            y = acc
     if masks:
-        hit = np.zeros((1,) * rank, bool)
-        for a, m in masks:
-            hit = hit | _along(hit, m, a)
+        hit = _extrapolated(rank, masks)
         y = np.where(hit, np.asarray(ctx.attr("extrapolation_value", 0.0)).astype(y.dtype), y)
     if y.dtype != x.dtype:
         if x.dtype.kind in "iu":
@@ -244,3 +276,79 @@ def resize(ctx, x, *rest):
             y = np.clip(np.round(y), info.min, info.max)
         y = y.astype(x.dtype)
     return np.ascontiguousarray(y) if y is not x else y.copy()
+
+
+# --- gradient ----------------------------------------------------------------------------------
+# To X only (none to roi, scales or sizes, which must be known while planning). Each resized axis
+# is a linear map out = M in with M[o, idx[o, k]] += w[o, k] (nearest: one tap of weight 1), so
+# dX is dY (zero where the output was extrapolated) through the transposed maps, axis by axis:
+# each tap's share of dY is scatter-added to its source index. The tables are the forward's own
+# (_axis_table at the forward's schema version, passed as ``of_version``); the backward keeps
+# only dY and X's shape.
+
+@gradient("Resize")
+def _resize_grad(g, node, dys):
+    out = [None] * len(node.inputs)
+    if dys[0] is None or not g.needs(node, 0):
+        return out
+    x_shape = g.op("Shape", [node.inputs[0]])  # folded while planning
+    out[0] = g.et("ResizeGrad", [dys[0], x_shape, *node.inputs[1:]],
+                  of_version=forward_context(g, node).version, **node.attrs)
+    return out
+
+
+def _forward(ctx: OpContext) -> OpContext:
+    fctx = ctx.extra.get("forward")
+    if fctx is None:
+        v = int(ctx.attr("of_version"))
+        fctx = ctx.extra["forward"] = OpContext("Resize", "", ctx.name, v, v, ctx.attrs,
+                                                ctx.n_inputs - 1, 1)
+    return fctx
+
+
+def _resize_grad_infer(ctx: OpContext, dy: TensorType, x_shape: TensorType, *rest):
+    shape = tuple(int(v) for v in np.asarray(constant(ctx, x_shape, "X_shape")).reshape(-1))
+    _, scales, sizes = _inputs(_forward(ctx), rest)
+    constant(ctx, scales, "scales")
+    constant(ctx, sizes, "sizes")
+    return [TensorType(dy.dtype, shape)]
+
+
+def _scatter_rows(dst: np.ndarray, idx: np.ndarray, src: np.ndarray) -> None:
+    """dst[idx[o]] += src[o] for every row o; idx may repeat (rows are summed per index)."""
+    order = np.argsort(idx, kind="stable")
+    sidx = idx[order]
+    starts = np.flatnonzero(np.concatenate([[True], sidx[1:] != sidx[:-1]]))
+    dst[sidx[starts]] += np.add.reduceat(src[order], starts, axis=0)
+
+
+@register("ResizeGrad", versions=(1,), infer=_resize_grad_infer, domain=ET_DOMAIN)
+def resize_grad(ctx, dy, x_shape, *rest):
+    # dy (Resize's output), X's shape, the forward's roi / scales / sizes -> dX (X's shape)
+    fctx = _forward(ctx)
+    shape = tuple(int(v) for v in np.asarray(x_shape).reshape(-1))
+    plan = _setup(fctx, shape, rest)
+    rank = len(shape)
+    work = np.dtype(np.float32 if dy.dtype in (np.float16, np.float32) else np.float64)
+    tables = {a: _axis_table(fctx, plan, a, shape[a]) for a in range(rank)}
+    masks = [(a, t[2]) for a, t in tables.items() if t is not None and t[2] is not None]
+    dx = dy.astype(work, copy=False)
+    if masks:
+        dx = np.where(_extrapolated(rank, masks), work.type(0), dx)
+    # the adjoint of the forward's per-axis maps (they commute): shrink the data first
+    for a in sorted(range(rank), key=lambda a: shape[a] / max(dx.shape[a], 1)):
+        if tables[a] is None:
+            continue
+        idx, w, _ = tables[a]
+        rows = np.moveaxis(dx, a, 0)
+        grad = np.zeros((shape[a],) + rows.shape[1:], work)
+        if idx.size:
+            flat, gflat = rows.reshape(rows.shape[0], -1), grad.reshape(shape[a], -1)
+            if w is None:
+                _scatter_rows(gflat, idx, flat)
+            else:
+                w = w.astype(work)
+                for k in range(idx.shape[1]):
+                    _scatter_rows(gflat, idx[:, k], flat * w[:, k, None])
+        dx = np.moveaxis(grad, 0, a)
+    return np.ascontiguousarray(dx).astype(dy.dtype, copy=False)

@@ -35,9 +35,9 @@ _DEFAULTS = {"RNN": ("Tanh",), "GRU": ("Sigmoid", "Tanh"), "LSTM": ("Sigmoid", "
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
 
-def _activations(ctx: OpContext, num_dir: int):
-    """One list of callables per direction; alpha/beta are consumed by the functions that take
-    them, in order."""
+def activation_specs(ctx: OpContext, num_dir: int) -> list[list[tuple[str, object, object]]]:
+    """Per direction, the (lower-case name, alpha, beta) of each activation function; alpha/beta
+    are consumed by the functions that take them, in order. The backward reads them too."""
     n = len(_DEFAULTS[ctx.op_type])
     names = ctx.attr("activations")
     names = list(names) if names else list(_DEFAULTS[ctx.op_type]) * num_dir
@@ -48,20 +48,26 @@ def _activations(ctx: OpContext, num_dir: int):
                         f"({n} per direction)")
     alphas = list(ctx.attr("activation_alpha") or [])
     betas = list(ctx.attr("activation_beta") or [])
-    fns = []
+    specs = []
     for name in names:
         name = name.decode() if isinstance(name, bytes) else name
         entry = _ACTIVATIONS.get(name.lower())
         if entry is None:
             raise ctx.error(f"activation {name!r} is not supported (supported: "
                             f"{', '.join(sorted(_ACTIVATIONS))})")
-        fn, a, b = entry
+        _, a, b = entry
         if a is not None and alphas:
             a = alphas.pop(0)
         if b is not None and betas:
             b = betas.pop(0)
-        fns.append(lambda x, fn=fn, a=a, b=b: fn(x, a, b))
-    return [fns[d * n:(d + 1) * n] for d in range(num_dir)]
+        specs.append((name.lower(), a, b))
+    return [specs[d * n:(d + 1) * n] for d in range(num_dir)]
+
+
+def _activations(ctx: OpContext, num_dir: int):
+    """One list of callables per direction."""
+    return [[lambda x, fn=_ACTIVATIONS[name][0], a=a, b=b: fn(x, a, b) for name, a, b in specs]
+            for specs in activation_specs(ctx, num_dir)]
 
 
 # --- shape rule --------------------------------------------------------------------------------
