@@ -247,3 +247,15 @@ def test_optimizer_without_gradients_and_bad_learning_rate(tmp_path):
     with pytest.raises(OptimizerError, match="learning rate"):
         opt.set_learning_rate(-1.0)
     assert all(np.array_equal(before[k], state.parameters[k].data) for k in before)
+
+
+def test_last_layers_selects_the_head():
+    from edgetrain import load_graph
+    from edgetrain.training.graphs import last_layers, untie_aliases
+    assert last_layers(load_graph(MLP)) == ["fc3.weight", "fc3.bias"]
+    assert last_layers(load_graph(MLP), 2) == ["fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
+    assert last_layers(load_graph(CNN)) == ["fc.weight", "fc.bias"]
+    lm = untie_aliases(load_graph(str(GOLDEN / "lm.onnx")))
+    assert last_layers(lm)[-1] == "head.bias" and len(last_layers(lm)) == 2  # MatMul + bias Add
+    with pytest.raises(A.ArtifactError, match="3 layers"):
+        last_layers(load_graph(MLP), 4)

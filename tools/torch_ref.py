@@ -277,7 +277,7 @@ class TorchGraph:
         read = {x for n in self.nodes for x in n.inputs} | {v.name for v in g.outputs}
         sources = {k: k for k in weight if k in read} | self._untied
         self._weights = weight | set(sources)
-        mk = {k: torch.tensor(inits[src], dtype=torch.float32) for k, src in sources.items()}
+        mk = {k: torch.from_numpy(np.array(inits[src])) for k, src in sources.items()}
         self.params = {k: torch.nn.Parameter(t) for k, t in mk.items() if k not in stats}
         self.buffers = {k: t for k, t in mk.items() if k in stats}
         self._plans: dict[tuple, tuple[list, dict]] = {}

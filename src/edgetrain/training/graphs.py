@@ -82,6 +82,33 @@ def check_names(what: str, names: Sequence[str], known: Sequence[str]) -> None:
                                 f"({len(known)} parameters, e.g. {', '.join(known[:5])})")
 
 
+def last_layers(graph: Graph, n: int = 1) -> list[str]:
+    """The parameters of the last ``n`` layers. A layer is a node that reads parameters, together
+    with the elementwise node right after it that adds or scales by a parameter (a MatMul's bias)."""
+    # values computed from parameters and constants only (a transposed weight) stand for them
+    derived = {p: [p] for p in split_state(graph)[0]}
+    layers: list[list[str]] = []
+    last_out: set[str] = set()
+    for node in graph.nodes:
+        ins = [x for x in node.inputs if x]
+        reads = [p for x in ins if x in derived for p in derived[x]]
+        if ins and reads and all(x in derived or x in graph.initializers for x in ins):
+            for o in node.outputs:
+                derived[o] = reads
+            continue
+        if not reads:
+            continue
+        if node.op_type in ("Add", "Mul") and any(x in last_out for x in node.inputs) and layers:
+            layers[-1] += reads
+        else:
+            layers.append(reads)
+        last_out = set(node.outputs)
+    if n < 1 or n > len(layers):
+        raise ArtifactError(f"the model has {len(layers)} layers with parameters; cannot take the "
+                            f"last {n}")
+    return [p for layer in layers[-n:] for p in dict.fromkeys(layer)]
+
+
 # --- modes -------------------------------------------------------------------------------------
 
 def _bn_node(n: Node, train: bool, b: NodeBuilder, opset: int, updates: dict[str, str]) -> Node:
