@@ -101,6 +101,13 @@ def _clip(g, n, x, lo=None, hi=None):
         lo, hi = n.attrs.get("min"), n.attrs.get("max")
     else:
         lo, hi = (None if t is None else t.item() for t in (lo, hi))
+    # what the exported module ran: nn.ReLU6/Hardtanh (hardtanh) and nn.ReLU pass no gradient at
+    # the bounds themselves; torch.clamp would (inputs sitting exactly at 0 happen: fading
+    # activations underflow to zero)
+    if lo is not None and hi is not None:
+        return F.hardtanh(x, lo, hi)
+    if lo == 0 and hi is None:
+        return F.relu(x)
     return x if lo is None and hi is None else torch.clamp(x, lo, hi)
 
 
