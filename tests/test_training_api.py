@@ -259,3 +259,43 @@ def test_last_layers_selects_the_head():
     assert last_layers(lm)[-1] == "head.bias" and len(last_layers(lm)) == 2  # MatMul + bias Add
     with pytest.raises(A.ArtifactError, match="3 layers"):
         last_layers(load_graph(MLP), 4)
+
+
+def test_frozen_backbone_gets_no_backward(tmp_path):
+    from edgetrain import load_graph
+
+    def backward_ops(**kw):
+        paths = A.generate_artifacts(CNN, loss=A.CrossEntropyLoss(), artifact_directory=tmp_path,
+                                     **kw)
+        return {n.op_type for n in load_graph(paths["training_model"]).nodes if n.domain}
+
+    backbone = {"ConvGrad", "BatchNormalizationGrad", "ClipGrad", "ActivationGrad",
+                "GlobalAveragePoolGrad"}
+    assert backbone <= backward_ops()
+    assert not backbone & backward_ops(requires_grad=["fc.weight", "fc.bias"])
+
+
+def test_custom_loss_file_loss_none_and_additional_outputs(tmp_path):
+    from onnx import TensorProto, helper, save
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])
+    target = helper.make_tensor_value_info("target", TensorProto.FLOAT, ["N", 5])
+    out = helper.make_tensor_value_info("l", TensorProto.FLOAT, [])
+    nodes = [helper.make_node("Sub", ["logits", "target"], ["d"]),
+             helper.make_node("Abs", ["d"], ["a"]),
+             helper.make_node("ReduceMean", ["a"], ["l"], keepdims=0)]
+    loss_path = tmp_path / "l1.onnx"
+    save(helper.make_model(helper.make_graph(nodes, "l1", [logits, target], [out]),
+                           opset_imports=[helper.make_opsetid("", 13)]), str(loss_path))
+    t = RNG.standard_normal((8, 5)).astype(np.float32)
+    results = []
+    for name, loss in (("custom", str(loss_path)), ("builtin", A.L1Loss())):
+        paths = A.generate_artifacts(MLP, loss=loss, artifact_directory=tmp_path / name,
+                                     additional_output_names=["logits"])
+        module = Module(paths["training_model"],
+                        CheckpointState.load_checkpoint(paths["checkpoint"]))
+        assert module.input_names() == ["x", "target"]
+        assert len(module.output_names()) == 2
+        results.append(module(X, t))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert results[0][1].shape == (8, 5)
