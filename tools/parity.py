@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("models", nargs="+")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--float64", action="store_true")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run PyTorch in float64 and report how far PyTorch's own float32 run "
+                         "is from it: the rounding noise floor of the job")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     rows = []
@@ -125,6 +128,22 @@ def main(argv=None) -> int:
                            "param_rel_tensor": perr[worst],
                            "worst_param": worst, "first_loss": float(l_et[0]),
                            "last_loss": float(l_et[-1]), "edgetrain_s": round(t1 - t0, 1)}
+                    if args.floor and not args.float64:
+                        b64 = [({k: v.astype(np.float64) if v.dtype == np.float32 else v
+                                 for k, v in f.items()}, y) for f, y in batches]
+                        r64 = torch_trajectory(as_float64(graph), b64, loss="cross_entropy",
+                                               optimizer=opt, lr=LR[opt], steps=args.steps,
+                                               trainable=trainable,
+                                               batchnorm=None if bn == "auto" else bn, **kw)
+                        row["torch32_vs_64_loss_rel"] = rel(ref["losses"], r64["losses"])
+                        row["torch32_vs_64_param_rel"] = rel_norm(
+                            np.concatenate([ref["params"][k].ravel() for k in trainable]),
+                            np.concatenate([r64["params"][k].ravel() for k in trainable]))
+                        row["edgetrain32_vs_torch64_loss_rel"] = rel(l_et, r64["losses"])
+                        print(f"{'':16s} floor: torch32 vs torch64 loss "
+                              f"{row['torch32_vs_64_loss_rel']:.1e} params "
+                              f"{row['torch32_vs_64_param_rel']:.1e}; edgetrain32 vs torch64 "
+                              f"loss {row['edgetrain32_vs_torch64_loss_rel']:.1e}", flush=True)
                     rows.append(row)
                     print(f"{name:16s} {opt:6s} {which:4s} bn={bn:6s} loss {row['loss_rel']:.1e} "
                           f"params {nerr:.1e} (worst tensor {row['param_rel_tensor']:.1e}, {worst}) "
