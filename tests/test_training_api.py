@@ -8,7 +8,7 @@ import pytest
 
 from edgetrain import InputError, artifacts as A
 from edgetrain.api import (CheckpointError, CheckpointState, LinearLRScheduler, Module, Optimizer,
-                           OptimizerError)
+                           OptimizerError, resume_scheduler)
 from training_util import GOLDEN
 
 MLP = str(GOLDEN / "mlp.onnx")
@@ -119,7 +119,8 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     # resuming continues exactly where the uninterrupted run goes
     m2 = Module(tmp_path / "training_model.onnx", loaded, tmp_path / "eval_model.onnx")
     o2 = Optimizer(tmp_path / "optimizer_model.onnx", m2)
-    s2 = LinearLRScheduler(o2, 2, 10, 0.01)
+    s2 = resume_scheduler(o2)
+    assert isinstance(s2, LinearLRScheduler) and o2.get_learning_rate() == opt.get_learning_rate()
     for mod, o, s in ((module, opt, sched), (m2, o2, s2)):
         mod(X, Y)
         o.step()
@@ -299,3 +300,14 @@ def test_custom_loss_file_loss_none_and_additional_outputs(tmp_path):
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
     assert results[0][1].shape == (8, 5)
+
+
+def test_training_dropout_gradient_by_finite_differences():
+    from gradcheck import check_gradients
+    from edgetrain.graph import Graph, Node, Value
+    g = Graph([Node("TrainingDropout", ["x", "step"], ["y", "mask"], {"ratio": 0.3, "seed": 5},
+                    "drop", "ai.edgetrain")],
+              [Value("x", np.dtype(np.float64), (6, 7)), Value("step", np.dtype(np.int64), ())],
+              [Value("y", np.dtype(np.float64), (6, 7))], {}, {"": 17, "ai.edgetrain": 1})
+    feeds = {"x": RNG.standard_normal((6, 7)), "step": np.asarray(3, np.int64)}
+    assert check_gradients(g, feeds, ["x"]) <= 1e-6

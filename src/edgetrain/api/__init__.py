@@ -3,10 +3,10 @@
 from ..training.checkpoint import CheckpointError, CheckpointState, Parameter
 from ..training.lr_scheduler import (ConstantLRScheduler, CosineLRScheduler,
                                      ExponentialLRScheduler, LinearLRScheduler, LRScheduler,
-                                     StepLRScheduler)
+                                     StepLRScheduler, resume_scheduler)
 from ..training.module import Module
 from ..training.optim import Optimizer, OptimizerError
 
 __all__ = ["CheckpointState", "CheckpointError", "Parameter", "Module", "Optimizer",
            "OptimizerError", "LRScheduler", "LinearLRScheduler", "CosineLRScheduler",
-           "StepLRScheduler", "ExponentialLRScheduler", "ConstantLRScheduler"]
+           "StepLRScheduler", "ExponentialLRScheduler", "ConstantLRScheduler", "resume_scheduler"]

@@ -12,8 +12,8 @@ import math
 from .optim import Optimizer, OptimizerError
 
 
-__all__ = ["LRScheduler", "LinearLRScheduler", "CosineLRScheduler", "StepLRScheduler",
-           "ExponentialLRScheduler", "ConstantLRScheduler"]
+__all__ = ["resume_scheduler", "LRScheduler", "LinearLRScheduler", "CosineLRScheduler",
+           "StepLRScheduler", "ExponentialLRScheduler", "ConstantLRScheduler"]
 
 
 class LRScheduler:
@@ -108,3 +108,15 @@ class ConstantLRScheduler(LRScheduler):
 
     def factor(self, step):
         return min(1.0, step / self.warmup_step_count) if self.warmup_step_count else 1.0
+
+
+def resume_scheduler(optimizer: Optimizer) -> LRScheduler | None:
+    """The schedule recorded in the optimizer's state (a loaded checkpoint saved with its optimizer
+    state), rebuilt with its settings; None when there is none."""
+    spec = dict(optimizer._st.get("schedule") or {})
+    if not spec:
+        return None
+    cls = {c.__name__: c for c in LRScheduler.__subclasses__()}.get(spec.pop("type"))
+    if cls is None:
+        raise OptimizerError(f"unknown schedule in the checkpoint: {optimizer._st['schedule']}")
+    return cls(optimizer, **spec)
