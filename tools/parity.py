@@ -128,6 +128,11 @@ def main(argv=None) -> int:
                            "param_rel_tensor": perr[worst],
                            "worst_param": worst, "first_loss": float(l_et[0]),
                            "last_loss": float(l_et[-1]), "edgetrain_s": round(t1 - t0, 1)}
+                    rows.append(row)
+                    print(f"{name:16s} {opt:6s} {which:4s} bn={bn:6s} loss {row['loss_rel']:.1e} "
+                          f"params {nerr:.1e} (worst tensor {row['param_rel_tensor']:.1e}, {worst}) "
+                          f"loss {row['first_loss']:.4f}->{row['last_loss']:.4f} "
+                          f"[{row['edgetrain_s']} s]", flush=True)
                     if args.floor and not args.float64:
                         b64 = [({k: v.astype(np.float64) if v.dtype == np.float32 else v
                                  for k, v in f.items()}, y) for f, y in batches]
@@ -144,11 +149,6 @@ def main(argv=None) -> int:
                               f"{row['torch32_vs_64_loss_rel']:.1e} params "
                               f"{row['torch32_vs_64_param_rel']:.1e}; edgetrain32 vs torch64 "
                               f"loss {row['edgetrain32_vs_torch64_loss_rel']:.1e}", flush=True)
-                    rows.append(row)
-                    print(f"{name:16s} {opt:6s} {which:4s} bn={bn:6s} loss {row['loss_rel']:.1e} "
-                          f"params {nerr:.1e} (worst tensor {row['param_rel_tensor']:.1e}, {worst}) "
-                          f"loss {row['first_loss']:.4f}->{row['last_loss']:.4f} "
-                          f"[{row['edgetrain_s']} s]", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
