@@ -42,6 +42,13 @@ class NodeBuilder:
         self._taken.add(name)
         return name
 
+    def reserve(self, name: str) -> bool:
+        """Take ``name`` exactly (a new graph input); False if a value already has it."""
+        if name in self._taken:
+            return False
+        self._taken.add(name)
+        return True
+
     def op(self, op_type: str, inputs: Sequence[str], n_out: int = 1, *, domain: str = "",
            **attrs) -> str | list[str]:
         """Emit a node; returns its output name (or names when ``n_out > 1``)."""

@@ -197,10 +197,9 @@ def attach_loss(graph: Graph, loss: Loss | CustomLoss, outputs: Sequence[str]
     else:
         out = by_name[outputs[0]]
         label = loss.label_value(out)
-        if label.name in b._taken:
+        if not b.reserve(label.name):
             raise LossError(f"the label input name {label.name!r} is already used in the model; "
                             "pass label_name=... to the loss")
-        b._taken.add(label.name)
         dtype = np.dtype(out.dtype) if out.dtype is not None else np.dtype(np.float32)
         value, labels = loss.build(b, out.name, label.name, dtype), [label]
     name = b.claim("loss")
@@ -228,10 +227,9 @@ def _custom(b: NodeBuilder, graph: Graph, loss: CustomLoss, outputs: Sequence[st
         src = loss.inputs.get(v.name, v.name)
         if src in model_outs:
             rename[v.name] = src
-        elif src in b._taken:
+        elif not b.reserve(src):
             raise LossError(f"custom loss input {v.name!r} clashes with a value of the model")
         else:
-            b._taken.add(src)
             rename[v.name] = src
             labels.append(Value(src, v.dtype, v.shape))
     for k, a in lg.initializers.items():

@@ -41,10 +41,10 @@ class Module:
         if not isinstance(state, CheckpointState):
             raise TypeError(f"state must be a CheckpointState, not {type(state).__name__}")
         self._train_graph, self._roles = _load_roles(train_model_uri, "training")
-        self._eval_graph = None
+        self._eval_graph, self._eval_roles = None, None
         if eval_model_uri is not None:
-            self._eval_graph, eval_roles = _load_roles(eval_model_uri, "eval")
-            if eval_roles.params != self._roles.params:
+            self._eval_graph, self._eval_roles = _load_roles(eval_model_uri, "eval")
+            if self._eval_roles.params != self._roles.params:
                 raise ArtifactError("the eval model's parameters differ from the training "
                                     "model's: they come from different artifacts")
         self._state = state
@@ -100,7 +100,7 @@ class Module:
     def input_names(self) -> list[str]:
         if self.training or self._eval_graph is None:
             return list(self._roles.inputs)
-        return list(_load_roles(self._eval_graph, "eval")[1].inputs)
+        return list(self._eval_roles.inputs)
 
     def output_names(self) -> list[str]:
         return list(self._roles.outputs)
