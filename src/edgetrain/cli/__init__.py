@@ -5,9 +5,10 @@ import argparse
 import sys
 
 from ..errors import EdgetrainError
+from . import demo as demo_cmd
 from . import run as run_cmd
 
-SUBCOMMANDS = {"run": run_cmd}
+SUBCOMMANDS = {"run": run_cmd, "demo": demo_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:
