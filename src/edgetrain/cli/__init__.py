@@ -5,10 +5,12 @@ import argparse
 import sys
 
 from ..errors import EdgetrainError
+from . import artifacts as artifacts_cmd
 from . import demo as demo_cmd
+from . import export as export_cmd
 from . import run as run_cmd
 
-SUBCOMMANDS = {"run": run_cmd, "demo": demo_cmd}
+SUBCOMMANDS = {"demo": demo_cmd, "artifacts": artifacts_cmd, "export": export_cmd, "run": run_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,72 @@
+"""The command line, end to end in-process: each subcommand's output, --json, and bad input
+(a non-zero exit and one line naming the problem)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgetrain.cli import main
+from training_util import GOLDEN
+
+MLP = str(GOLDEN / "mlp.onnx")
+CNN = str(GOLDEN / "cnn.onnx")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, *needles):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_run(capsys):
+    code, out, _ = run(capsys, "run", MLP, "--batch", 4, "--json")
+    assert code == 0 and json.loads(out)
+
+
+def test_artifacts_list_and_select(capsys, tmp_path):
+    code, out, _ = run(capsys, "artifacts", CNN, "--list", "--json")
+    assert code == 0 and "fc.weight" in json.loads(out)["parameters"]
+    code, out, _ = run(capsys, "artifacts", CNN, "--out", tmp_path, "--trainable", "fc.*",
+                       "*3.bias", "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["trainable"] == ["bn3.bias", "fc.weight", "fc.bias"]
+    assert (tmp_path / "training_model.onnx").exists() and (tmp_path / "checkpoint").exists()
+    code, out, _ = run(capsys, "artifacts", CNN, "--out", tmp_path / "last", "--last", 1,
+                       "--optimizer", "sgd", "--momentum", 0.9, "--json")
+    assert code == 0 and json.loads(out)["trainable"] == ["fc.weight", "fc.bias"]
+
+
+def test_export_runs_in_onnxruntime(capsys, tmp_path):
+    assert run(capsys, "artifacts", MLP, "--out", tmp_path)[0] == 0
+    code, out, _ = run(capsys, "export", tmp_path, "--out", tmp_path / "m.onnx", "--json")
+    assert code == 0 and json.loads(out)["model"].endswith("m.onnx")
+    x = np.random.default_rng(0).standard_normal((3, 20)).astype(np.float32)
+    assert ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0].shape == (3, 5)
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["artifacts", "missing.onnx", "--out", "x"], ["missing.onnx", "does not exist"]),
+    (["artifacts", MLP, "--out", "{tmp}", "--trainable", "fc9.*"], ["fc9.*", "matches no"]),
+    (["artifacts", MLP, "--out", "{tmp}", "--frozen", "fc1.weigth"], ["fc1.weigth"]),
+    (["artifacts", MLP, "--out", "{tmp}", "--last", "7"], ["3 layers"]),
+    (["artifacts", MLP], ["--out"]),
+    (["artifacts", MLP, "--out", "{tmp}", "--optimizer", "adamw", "--momentum", "0.9"],
+     ["--momentum"]),
+    (["export", "{tmp}", "--out", "{tmp}/m.onnx"], ["checkpoint"]),
+    (["run", "missing.onnx"], ["missing.onnx"]),
+])
+def test_bad_input_one_line(capsys, tmp_path, argv, needles):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, _, err = run(capsys, *argv)
+    one_line_error(code, err, *needles)
