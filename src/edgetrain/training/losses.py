@@ -12,12 +12,17 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from onnx import helper
 
 from ..errors import EdgetrainError
 from ..graph.build import NodeBuilder
 from ..graph.ir import Value
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+def _onnx_type(dtype) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 class LossError(EdgetrainError):
@@ -146,9 +151,9 @@ class KLDivLoss(Loss):
         if self.reduction != "batchmean":
             return self.reduce(b, per)
         total = b.op("ReduceSum", [per], keepdims=0)
-        n = b.op("Cast", [b.op("Gather", [b.op("Shape", [output]),
-                                         b.const(np.asarray(0, np.int64), "loss/zero")])], to=_onnx_type(dtype))
-        return b.op("Div", [total, n])
+        batch = b.op("Gather", [b.op("Shape", [output]), b.const(np.asarray(0, np.int64),
+                                                                "loss/zero")])
+        return b.op("Div", [total, b.op("Cast", [batch], to=_onnx_type(dtype))])
 
 
 @dataclass
@@ -226,11 +231,6 @@ class CrossEntropyLoss(NLLLoss):
                                  self.scalar(b, 0.0, dtype)])
         return b.op("Add", [b.op("Mul", [per, self.scalar(b, 1.0 - eps, dtype)]),
                             b.op("Mul", [uniform, self.scalar(b, eps, dtype)])])
-
-
-def _onnx_type(dtype) -> int:
-    from onnx import helper
-    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 @dataclass
