@@ -4,9 +4,10 @@ from .errors import (EdgetrainError, InputError, KernelError, ModelLoadError, Op
                      UnsupportedDtypeError, UnsupportedOpError)
 from .graph import load_graph
 from .runtime import InferenceSession
+from .training.trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["InferenceSession", "load_graph", "EdgetrainError", "InputError", "KernelError",
-           "ModelLoadError", "OpError", "ShapeError", "UnsupportedDtypeError", "UnsupportedOpError",
-           "__version__"]
+__all__ = ["InferenceSession", "load_graph", "Trainer", "EdgetrainError", "InputError",
+           "KernelError", "ModelLoadError", "OpError", "ShapeError", "UnsupportedDtypeError",
+           "UnsupportedOpError", "__version__"]

@@ -6,7 +6,11 @@ from ..training.lr_scheduler import (ConstantLRScheduler, CosineLRScheduler,
                                      StepLRScheduler, resume_scheduler)
 from ..training.module import Module
 from ..training.optim import Optimizer, OptimizerError
+from ..training.callbacks import Callback, EarlyStopping, Logger, LRSchedule, ProgressBar
+from ..training.trainer import Trainer, TrainerError
 
 __all__ = ["CheckpointState", "CheckpointError", "Parameter", "Module", "Optimizer",
            "OptimizerError", "LRScheduler", "LinearLRScheduler", "CosineLRScheduler",
-           "StepLRScheduler", "ExponentialLRScheduler", "ConstantLRScheduler", "resume_scheduler"]
+           "StepLRScheduler", "ExponentialLRScheduler", "ConstantLRScheduler", "resume_scheduler",
+           "Trainer", "TrainerError", "Callback", "EarlyStopping", "LRSchedule", "Logger",
+           "ProgressBar"]
