@@ -13,7 +13,7 @@ import edgetrain
 from edgetrain import InputError, artifacts as A
 from edgetrain.api import (Callback, CheckpointState, EarlyStopping, LinearLRScheduler, Module,
                            Optimizer, Trainer, TrainerError)
-from edgetrain.training.trainer import batch_indices, epoch_order
+from edgetrain.training.data import batch_indices, epoch_order
 from training_util import GOLDEN
 
 RNG = np.random.default_rng(0)
