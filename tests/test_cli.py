@@ -70,3 +70,41 @@ def test_bad_input_one_line(capsys, tmp_path, argv, needles):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code, _, err = run(capsys, *argv)
     one_line_error(code, err, *needles)
+
+
+def _data(path, width=20, n=40):
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.standard_normal((n, width)).astype(np.float32),
+             labels=rng.integers(0, 5, n))
+    return path
+
+
+def test_train_resume_and_eval(capsys, tmp_path):
+    art, data = tmp_path / "art", _data(tmp_path / "d.npz")
+    assert run(capsys, "artifacts", MLP, "--out", art, "--optimizer", "sgd", "--lr", 0.1)[0] == 0
+    code, out, _ = run(capsys, "train", art, data, "--epochs", 2, "--batch-size", 8, "--json",
+                       "--checkpoint-dir", tmp_path / "a")
+    first = json.loads(out)
+    assert code == 0 and first["checkpoint"].endswith("ckpt-00000010")
+    code, out, _ = run(capsys, "train", art, data, "--epochs", 4, "--batch-size", 8, "--json",
+                       "--checkpoint-dir", tmp_path / "a", "--resume")
+    resumed = json.loads(out)
+    code, out, _ = run(capsys, "train", art, data, "--epochs", 4, "--batch-size", 8, "--json",
+                       "--checkpoint-dir", tmp_path / "b")
+    straight = json.loads(out)
+    assert resumed["history"]["loss"] == straight["history"]["loss"]
+    code, out, _ = run(capsys, "eval", art, data, "--checkpoint", straight["checkpoint"], "--json")
+    metrics = json.loads(out)
+    assert code == 0 and set(metrics) >= {"loss", "accuracy"}
+
+
+@pytest.mark.parametrize("which,needles", [
+    ("bad-width", ["input 'x'", "[40, 21]"]),
+    ("missing", ["does not exist"]),
+])
+def test_train_bad_data(capsys, tmp_path, which, needles):
+    art = tmp_path / "art"
+    assert run(capsys, "artifacts", MLP, "--out", art)[0] == 0
+    data = _data(tmp_path / "d.npz", width=21) if which == "bad-width" else tmp_path / "no.npz"
+    code, _, err = run(capsys, "train", art, data)
+    one_line_error(code, err, *needles)
