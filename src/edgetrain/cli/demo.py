@@ -101,7 +101,7 @@ def peak_memory_mib() -> float:
 def personalize(out: Path, seed: int, say=lambda *a: None) -> dict:
     """Run the whole demo, writing into ``out``; returns the summary."""
     from .. import artifacts as A
-    from ..api import CheckpointState, Module, Optimizer
+    from ..api import CheckpointState, Module, Optimizer, Trainer
     from ..runtime import InferenceSession
 
     t0 = time.perf_counter()
@@ -122,15 +122,9 @@ def personalize(out: Path, seed: int, say=lambda *a: None) -> dict:
     state = CheckpointState.load_checkpoint(paths["checkpoint"])
     module = Module(paths["training_model"], state, paths["eval_model"])
     optimizer = Optimizer(paths["optimizer_model"], module)
-    rng = np.random.default_rng(seed)
     t1 = time.perf_counter()
-    for _ in range(EPOCHS):
-        order = rng.permutation(train)
-        for i in range(0, len(order), BATCH):
-            b = order[i:i + BATCH]
-            module(x[b], y[b])
-            optimizer.step()
-            module.lazy_reset_grad()
+    Trainer((module, optimizer), batch_size=BATCH, seed=seed, last_batch="keep", quiet=True,
+            progress=False).fit((x[train], y[train]), epochs=EPOCHS)
     train_s = time.perf_counter() - t1
     model_path = out / "personalized.onnx"
     module.export_model_for_inferencing(str(model_path), ["logits"])
