@@ -49,9 +49,13 @@ def test_select_outputs_and_intermediate_release():
     np.testing.assert_array_equal(a, np.maximum(x, 0))
     np.testing.assert_array_equal(only_a, a)
     np.testing.assert_allclose(c, np.exp(-np.maximum(x, 0)))
-    plan = sess.plan_for({"X": x})
+    unplanned = edgetrain.InferenceSession(sess.graph, planned=False)
+    plan = unplanned.plan_for({"X": x})
     released = {n for r in plan.release for n in r}
     assert "B" in released and "A" not in released and "C" not in released
+    # planned: Exp writes C over B, which dies there; A is an output and keeps its bytes
+    owner = sess.plan_for({"X": x}).plan.owner
+    assert owner["C"] == owner["B"] != owner["A"]
 
 
 def test_constant_outputs_and_folded_graph():

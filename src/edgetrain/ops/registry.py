@@ -58,11 +58,22 @@ class TensorType:
         return TensorType(array.dtype, tuple(int(d) for d in array.shape), array)
 
 
+def planned(ctx: "OpContext", k: int = 0) -> np.ndarray | None:
+    """Where output ``k`` must go: its view of the arena, or None (then return a new array).
+
+    Kernels pass it as ``out=`` to NumPy. For ops that the planner runs in place
+    (``edgetrain.plan.lifetimes.INPLACE_OPS``) the view may be input 0's own bytes, so such a
+    kernel must read each element of input 0 before it writes that element's output.
+    """
+    out = ctx.out
+    return None if out is None else out[k]
+
+
 class OpContext:
     """Everything a shape rule or kernel needs to know about its node, fixed at plan time."""
 
     __slots__ = ("op_type", "domain", "name", "opset", "version", "attrs", "n_inputs",
-                 "n_outputs", "extra")
+                 "n_outputs", "extra", "out")
 
     def __init__(self, op_type: str, domain: str, name: str, opset: int, version: int,
                  attrs: dict[str, Any], n_inputs: int, n_outputs: int):
@@ -71,6 +82,9 @@ class OpContext:
         self.attrs = attrs
         self.n_inputs, self.n_outputs = n_inputs, n_outputs
         self.extra: dict[str, Any] = {}  # per-node scratch a rule may leave for its kernel
+        # the planned output views (one per node output, None where unplanned); set by the
+        # executor when it binds a plan, None when folding constants or running unplanned
+        self.out: tuple | None = None
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)

@@ -11,6 +11,7 @@ from ..graph.ir import Graph
 from ..ops.registry import ET_DOMAIN, TensorType
 from .lifetimes import Buffer, analyze, nbytes
 from .placement import Placement, place
+from .recompute import recompute as recompute_cheap
 
 
 @dataclass
@@ -20,12 +21,15 @@ class Plan:
     placement: Placement
     external_bytes: dict[str, int]  # kind (inputs, parameters, constants) -> bytes
     n_steps: int
+    inferred: Inferred              # the steps planned (with recomputations, if any)
+    recomputed: int = 0
 
     def report(self, top: int = 8) -> str:
         p = self.placement
         mb = 1 / 2 ** 20
         lines = [f"steps: {self.n_steps}, buffers: {len(self.buffers)} "
-                 f"(values sharing a buffer: {len(self.owner) - len(self.buffers)})",
+                 f"(values sharing a buffer: {len(self.owner) - len(self.buffers)}, "
+                 f"recomputed in backward: {self.recomputed})",
                  f"arena: {p.arena * mb:.2f} MiB, lower bound: {p.lower_bound * mb:.2f} MiB, "
                  f"efficiency {p.efficiency:.1%}"]
         for kind, n in self.external_bytes.items():
@@ -38,14 +42,29 @@ class Plan:
 
 
 def make_plan(graph: Graph, signature: Mapping[str, TensorType], *, inplace: bool = True,
-              variables=()) -> Plan:
+              recompute: bool = True, variables=()) -> Plan:
     """The plan of one run of ``graph`` for the input types in ``signature``."""
     inferred: Inferred = infer(graph, dict(signature), variables=variables)
-    steps = inferred.steps
+    return plan_inferred(graph, inferred, signature, inplace=inplace, recompute=recompute)
+
+
+def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, TensorType], *,
+                  inplace: bool = True, recompute: bool = True) -> Plan:
+    """The plan of the steps ``infer`` gave for ``signature``.
+
+    ``inplace``: elementwise ops write over an input that dies there. ``recompute``: cheap
+    activations are computed again in backward rather than kept (:mod:`.recompute`).
+    """
     external = set(signature) | set(graph.initializers) | set(inferred.constants)
-    seed = next((i for i, s in enumerate(steps)
+    # values NumPy cannot hold in raw bytes (strings) live on the heap, outside the arena
+    external |= {k for k, t in inferred.types.items() if np.dtype(t.dtype).hasobject}
+    seed = next((i for i, s in enumerate(inferred.steps)
                  if s.node.op_type == "OnesLike" and s.node.domain == ET_DOMAIN), None)
     outputs = [v.name for v in graph.outputs]
+    n_recomputed = 0
+    if recompute:
+        inferred, n_recomputed = recompute_cheap(inferred, seed, external, outputs)
+    steps = inferred.steps
     buffers, owner = analyze(steps, inferred.types, outputs, external, inplace=inplace,
                              backward_from=seed)
     placement = place([b.interval() for b in buffers])
@@ -53,4 +72,4 @@ def make_plan(graph: Graph, signature: Mapping[str, TensorType], *, inplace: boo
         "inputs": sum(nbytes(inferred.types[k]) for k in signature),
         "constants": int(sum(np.asarray(v).nbytes for v in inferred.constants.values())),
     }
-    return Plan(buffers, owner, placement, sizes, len(steps))
+    return Plan(buffers, owner, placement, sizes, len(steps), inferred, n_recomputed)

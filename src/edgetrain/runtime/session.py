@@ -12,6 +12,7 @@ from ..graph.infer import Inferred, Step, as_outputs, describe_types, infer
 from ..graph.ir import Graph, Value
 from ..graph.load import ModelLike, load_graph
 from ..ops.registry import TensorType
+from .executor import Executor
 
 
 @dataclass
@@ -70,11 +71,14 @@ def small_feeds(feeds: Mapping[str, np.ndarray]) -> set[str]:
     return {k for k, v in feeds.items() if v.dtype.kind in "iuf" and v.ndim <= 1 and v.size <= 64}
 
 
+def signature_of(feeds: Mapping[str, np.ndarray], by_value: set[str]) -> dict[str, TensorType]:
+    return {k: TensorType(v.dtype, tuple(v.shape), v if k in by_value else None)
+            for k, v in feeds.items()}
+
+
 def compile_run(graph: Graph, feeds: Mapping[str, np.ndarray],
                 by_value: set[str] = frozenset()) -> CompiledRun:
-    sig = {k: TensorType(v.dtype, tuple(v.shape), v if k in by_value else None)
-           for k, v in feeds.items()}
-    inferred = infer(graph, sig)
+    inferred = infer(graph, signature_of(feeds, by_value))
     last_use: dict[str, int] = {}
     for i, s in enumerate(inferred.steps):
         for x in s.node.inputs:
@@ -117,14 +121,21 @@ def run_step(step: Step, values: dict[str, np.ndarray], check: bool,
 class InferenceSession:
     """Run an ONNX model with NumPy kernels. Mirrors ``onnxruntime.InferenceSession.run``.
 
-    ``check=True`` verifies every kernel's output against the shape rule (used by the tests).
+    ``planned=True`` (the default) runs each input signature in one arena laid out ahead of time
+    (:mod:`edgetrain.plan`), with ``inplace`` ops writing over inputs that die there and, in
+    training graphs, cheap activations ``recompute`` d in backward rather than kept;
+    ``planned=False`` lets every kernel allocate its outputs and frees values when they die.
+    Both give bit-identical results. ``check=True`` (unplanned) verifies every kernel's output
+    against the shape rule (the planned executor always does).
     """
 
     def __init__(self, model: ModelLike, *, base_dir: str | os.PathLike | None = None,
-                 check: bool = False, dynamic: Sequence[str] = ()):
+                 check: bool = False, dynamic: Sequence[str] = (), planned: bool = True,
+                 inplace: bool = True, recompute: bool = True):
         self.graph = model if isinstance(model, Graph) else load_graph(model, base_dir)
         self.check = check
-        self._plans: dict[tuple, CompiledRun] = {}
+        self.planned, self.inplace, self.recompute = planned and not check, inplace, recompute
+        self._plans: dict[tuple, CompiledRun | Executor] = {}
         # inputs whose values the plan depends on (a graph that takes axes or a shape as an
         # input); found on the first plan that needs them, then part of the plan's cache key
         self._by_value: set[str] = set()
@@ -136,12 +147,19 @@ class InferenceSession:
     def get_outputs(self) -> list[Value]:
         return list(self.graph.outputs)
 
-    def plan_for(self, feeds: Mapping[str, np.ndarray]) -> CompiledRun:
+    def _compile(self, feeds: Mapping[str, np.ndarray]) -> CompiledRun | Executor:
+        if not self.planned:
+            return compile_run(self.graph, feeds, self._by_value)
+        sig = signature_of(feeds, self._by_value)
+        return Executor.build(self.graph, infer(self.graph, sig), sig, inplace=self.inplace,
+                              recompute=self.recompute)
+
+    def plan_for(self, feeds: Mapping[str, np.ndarray]) -> CompiledRun | Executor:
         key = _signature(feeds, self._by_value)
         plan = self._plans.get(key)
         if plan is None:
             try:
-                plan = compile_run(self.graph, feeds, self._by_value)
+                plan = self._compile(feeds)
             except ConstantRequiredError:
                 candidates = small_feeds(feeds) - self._by_value - self._dynamic
                 if not candidates:
@@ -161,6 +179,8 @@ class InferenceSession:
                 raise InputError(f"unknown output {n!r}; the model's outputs are: "
                                  f"{', '.join(sorted(known))}")
         plan = self.plan_for(feeds)
+        if isinstance(plan, Executor):
+            return plan.run(feeds, names)
         values: dict[str, np.ndarray] = dict(plan.inferred.constants)
         values.update(feeds)
         types = plan.inferred.types
