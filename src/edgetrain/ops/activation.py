@@ -5,9 +5,10 @@ import math
 
 import numpy as np
 
-from .registry import ET_DOMAIN, OpContext, TensorType, gradient, make_context, register
+from .registry import (ET_DOMAIN, OpContext, TensorType, gradient, make_context, planned,
+                       register)
 from .rules import BOOL, normalize_axis, same_as
-from .elementwise import erf, sigmoid
+from .elementwise import erf, into, sigmoid
 
 
 def _keep(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -30,7 +31,7 @@ def forward_context(g, node) -> OpContext:
 
 @register("Relu", versions=(1, 6, 13, 14), infer=same_as(0))
 def relu(ctx, x):  # x: any shape -> same shape
-    return _keep(np.maximum(x, _c(x, 0)), x.dtype)
+    return into(ctx, np.maximum, x, _c(x, 0))
 
 
 @register("LeakyRelu", versions=(1, 6, 16), infer=same_as(0))
@@ -148,7 +149,11 @@ for _op in ACTIVATION_GRADS:
 
 @register("ActivationGrad", versions=(1,), infer=same_as(0), domain=ET_DOMAIN)
 def activation_grad(ctx, dy, v):  # dy (S), v (S): the forward's input or output -> dx (S)
-    return _keep(dy * ACTIVATION_GRADS[ctx.attr("of")][0](ctx, v), dy.dtype)
+    deriv = ACTIVATION_GRADS[ctx.attr("of")][0](ctx, v)
+    out = planned(ctx)
+    if out is not None and dy.dtype == out.dtype:
+        return np.multiply(dy, deriv, out=out)
+    return _keep(dy * deriv, dy.dtype)
 
 
 # --- Softmax / LogSoftmax ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _window as W
-from .registry import OpContext, TensorType, register
+from .registry import OpContext, TensorType, planned, register
 from .rules import shape_error
 
 VERSIONS = (1, 11, 22)
@@ -87,13 +87,14 @@ def _chunks(n: int, item_bytes: int, budget: int):
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def _depthwise(xp: np.ndarray, w: np.ndarray, win: W.Window) -> np.ndarray:
+def _depthwise(xp: np.ndarray, w: np.ndarray, win: W.Window, out=None) -> np.ndarray:
     """xp (N, C, *reach), w (C*mult, 1, *k) -> (N, C*mult, *out): weighted sum of tap slices."""
     n, c = xp.shape[:2]
     mult = w.shape[0] // c
     rows = xp.reshape((n * c,) + xp.shape[2:])                     # one row per (image, channel)
     wt = w.reshape(c, mult, win.n_taps)
-    y = np.empty((n * c, mult) + win.out, dtype=xp.dtype)
+    shape = (n * c, mult) + win.out
+    y = np.empty(shape, dtype=xp.dtype) if out is None else out.reshape(shape)
     ex = (1,) * win.ndim
     taps = [W.tap_slices(win, t)[2:] for t in W.taps(win)]         # spatial slices
     for r0, r1 in _chunks(n * c, y[0].nbytes, BLOCK_BUDGET):
@@ -108,20 +109,22 @@ def _depthwise(xp: np.ndarray, w: np.ndarray, win: W.Window) -> np.ndarray:
 
 
 def conv_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: W.Window,
-            group: int) -> np.ndarray:
-    """x (N, C, *in), w (M, C/group, *k), b (M,) -> (N, M, *out), in x's (compute) dtype."""
+            group: int, out: np.ndarray | None = None) -> np.ndarray:
+    """x (N, C, *in), w (M, C/group, *k), b (M,) -> (N, M, *out), in x's (compute) dtype;
+    written into ``out`` (contiguous, that shape and dtype) when given."""
     n, c = x.shape[:2]
     m, cg = w.shape[:2]
     p = int(np.prod(win.out, dtype=np.int64))
     xp = W.pad_input(x, win, 0)
     if cg == 1 and group == c and win.n_taps > 1:  # depthwise: no im2col
-        return _add_bias(_depthwise(xp, w, win), b)
+        return _add_bias(_depthwise(xp, w, win, out).reshape((n, m) + win.out), b)
     if win.n_taps == 1:  # 1x1: the (strided) input is the column matrix
         cols = xp[W.tap_slices(win, (0,) * win.ndim)]
     else:
         cols = W.im2col_view(xp, win)                                # (N, C, *k, *out) view
     wg = w.reshape(group, m // group, cg * win.n_taps)
-    y = np.empty((n, group, m // group, p), dtype=x.dtype)
+    shape = (n, group, m // group, p)
+    y = np.empty(shape, dtype=x.dtype) if out is None else out.reshape(shape)
     item = c * win.n_taps * p * x.dtype.itemsize
     for b0, b1 in _chunks(n, item, COLS_BUDGET):   # one batched GEMM per chunk of images
         np.matmul(wg, cols[b0:b1].reshape(b1 - b0, group, cg * win.n_taps, p), out=y[b0:b1])
@@ -132,8 +135,9 @@ def conv_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: W.Window,
 def conv(ctx, x, w, b=None):  # x (N, C, *in), w (M, C/g, *k), b (M,) -> (N, M, *out)
     win = _conv_window(ctx, x.shape, w.shape)
     dt = _compute_dtype(x.dtype)
+    out = planned(ctx)
     y = conv_nd(x.astype(dt, copy=False), w.astype(dt, copy=False), b, win,
-                int(ctx.attr("group", 1)))
+                int(ctx.attr("group", 1)), out if out is not None and out.dtype == dt else None)
     return y.astype(x.dtype, copy=False)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _window as W
 from . import conv as C
-from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, planned, register
 from .rules import constant
 
 
@@ -66,14 +66,16 @@ def _grad_infer(ctx: OpContext, dy: TensorType, x: TensorType | None, w: TensorT
 
 # --- shared kernels ----------------------------------------------------------------------------
 
-def _depthwise_dx(dy: np.ndarray, w: np.ndarray, win: W.Window, c: int) -> np.ndarray:
+def _depthwise_dx(dy: np.ndarray, w: np.ndarray, win: W.Window, c: int,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """dy (N, C*mult, *out), w (C*mult, 1, *k) -> dx (N, C, *in), one kernel tap at a time."""
     n, m = dy.shape[:2]
     mult = m // c
     rows = dy.reshape((n * c, mult) + win.out)                     # one row per (image, channel)
     wt = w.reshape(c, mult, win.n_taps)
     size = tuple(max(r, b + i) for r, b, i in zip(win.reach, win.pads_begin, win.in_shape))
-    dx = np.empty((n * c, 1) + win.in_shape, dtype=dy.dtype)
+    shape = (n * c, 1) + win.in_shape
+    dx = np.empty(shape, dtype=dy.dtype) if out is None else out.reshape(shape)
     ex = (1,) * win.ndim
     taps = [W.tap_slices(win, t)[2:] for t in W.taps(win)]         # spatial slices
     crop = [-b for b in win.pads_begin]
@@ -91,11 +93,22 @@ def _depthwise_dx(dy: np.ndarray, w: np.ndarray, win: W.Window, c: int) -> np.nd
     return dx.reshape((n, c) + win.in_shape)
 
 
-def conv_dx(dy: np.ndarray, w: np.ndarray, win: W.Window, group: int) -> np.ndarray:
-    """dy (N, M, *out), w (M, C/group, *k) -> dx (N, C, *in): the adjoint of conv_nd in x."""
+def conv_dx(dy: np.ndarray, w: np.ndarray, win: W.Window, group: int,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """dy (N, M, *out), w (M, C/group, *k) -> dx (N, C, *in): the adjoint of conv_nd in x.
+    Written into ``out`` (contiguous, that shape and dtype) when given, except in the general
+    case (a ConvTranspose), whose result the caller copies."""
     c = w.shape[1] * group
     if w.shape[1] == 1 and group == c and win.n_taps > 1:
-        return _depthwise_dx(dy, w, win, c)
+        return _depthwise_dx(dy, w, win, c, out)
+    if win.n_taps == 1 and win.trivial_padding and all(s == 1 for s in win.strides):
+        n, m, cg = dy.shape[0], w.shape[0], w.shape[1]  # 1x1, stride 1: dx = W^T dy per image
+        p = int(np.prod(win.out, dtype=np.int64))
+        shape = (n, group, cg, p)
+        dx = np.empty(shape, dtype=dy.dtype) if out is None else out.reshape(shape)
+        wt = w.reshape(group, m // group, cg).transpose(0, 2, 1)
+        np.matmul(wt, dy.reshape(n, group, m // group, p), out=dx)
+        return dx.reshape((n, c) + win.in_shape)
     return C.conv_transpose_nd(dy, w, None, group, win.strides, win.dilations, win.pads_begin,
                                win.in_shape)
 
@@ -159,7 +172,9 @@ def conv_grad(ctx, dy, x, w, x_shape=None):
     group = int(ctx.attr("group", 1))
     dt = C._compute_dtype(dy.dtype)
     dyc, wc = dy.astype(dt, copy=False), w.astype(dt, copy=False)
-    dx = conv_dx(dyc, wc, win, group) if need_x else None
+    out = planned(ctx)
+    out = out if out is not None and out.dtype == dt else None
+    dx = conv_dx(dyc, wc, win, group, out) if need_x else None
     dw = conv_dw(W.pad_input(x.astype(dt, copy=False), win, 0), dyc, win, group, w.shape) \
         if need_w else None
     return _results(dy.dtype, dx, dw, _bias_grad(dyc) if need_b else None)

@@ -7,13 +7,23 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, planned, register
 from .rules import BOOL, broadcast, np_dtype, same_as
 
 
 def _keep(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """numpy may widen 0-d or mixed operands; ONNX keeps the input's element type."""
     return x if x.dtype == dtype else np.asarray(x).astype(dtype, copy=False)
+
+
+def into(ctx: OpContext, ufunc, *args):
+    """``ufunc(*args)`` written into the planned output when there is one and the arguments
+    already have its element type (then the result is the same as a fresh array's)."""
+    out = planned(ctx)
+    dtype = args[0].dtype
+    if out is not None and all(getattr(a, "dtype", dtype) == out.dtype for a in args):
+        return ufunc(*args, out=out)
+    return _keep(ufunc(*args), dtype)
 
 
 # --- binary arithmetic (multidirectional broadcasting, same element type in and out) -----------
@@ -23,7 +33,7 @@ ARITH = (7, 13, 14)
 
 @register("Add", versions=ARITH, infer=broadcast())
 def add(ctx, a, b):
-    return _keep(np.add(a, b), a.dtype)
+    return into(ctx, np.add, a, b)
 
 
 @gradient("Add")
@@ -35,7 +45,7 @@ def add_grad(g, node, dys):  # d(a + b) = da + db, each summed back to its input
 
 @register("Sub", versions=ARITH, infer=broadcast())
 def sub(ctx, a, b):
-    return _keep(np.subtract(a, b), a.dtype)
+    return into(ctx, np.subtract, a, b)
 
 
 @gradient("Sub")
@@ -47,7 +57,7 @@ def sub_grad(g, node, dys):
 
 @register("Mul", versions=ARITH, infer=broadcast())
 def mul(ctx, a, b):
-    return _keep(np.multiply(a, b), a.dtype)
+    return into(ctx, np.multiply, a, b)
 
 
 @gradient("Mul")
@@ -250,6 +260,15 @@ def where_grad_kernel(ctx, dy, cond):  # dy (S), cond (to S) -> dy where cond (b
 def clip(ctx, x, lo=None, hi=None):
     if ctx.version < 11:
         lo, hi = ctx.attr("min", -np.inf), ctx.attr("max", np.inf)
+    dest = planned(ctx)
+    if dest is not None and dest.dtype == x.dtype:  # written in place, same results
+        if lo is not None:
+            np.maximum(x, np.asarray(lo, dtype=x.dtype), out=dest)
+        elif dest.ctypes.data != x.ctypes.data:
+            np.copyto(dest, x)
+        if hi is not None:
+            np.minimum(dest, np.asarray(hi, dtype=x.dtype), out=dest)
+        return dest
     out = x
     if lo is not None:
         out = np.maximum(out, np.asarray(lo, dtype=x.dtype))
@@ -263,14 +282,23 @@ def clip_grad(g, node, dys):  # dx = dy where lo < x < hi (strictly, as torch); 
     rest = [None] * (len(node.inputs) - 1)
     if not g.needs(node, 0):
         return [None] + rest
-    return [g.et("ClipGrad", [dys[0], *node.inputs[:3]], **node.attrs)] + rest
+    # lo < x < hi exactly where lo < y < hi (y = clip(x)), so the backward keeps the output,
+    # which the next layer's backward keeps anyway, and Clip can write over its input
+    return [g.et("ClipGrad", [dys[0], node.outputs[0], *node.inputs[1:3]], **node.attrs)] + rest
 
 
 @register("ClipGrad", versions=(1,), infer=same_as(0), domain=ET_DOMAIN)
-def clip_grad_kernel(ctx, dy, x, lo=None, hi=None):  # dy, x (S) -> dx (S); keeps x
+def clip_grad_kernel(ctx, dy, y, lo=None, hi=None):  # dy, y = clip(x) (S) -> dx (S); keeps y
     lo = ctx.attr("min", -np.inf) if lo is None else lo  # attributes before opset 11
     hi = ctx.attr("max", np.inf) if hi is None else hi
-    return np.where((x > lo) & (x < hi), dy, dy.dtype.type(0))
+    inside = (y > lo) & (y < hi)
+    out = planned(ctx)
+    if out is None:
+        return np.where(inside, dy, dy.dtype.type(0))
+    if out.ctypes.data != dy.ctypes.data:
+        np.copyto(out, dy)
+    np.copyto(out, dy.dtype.type(0), where=~inside)
+    return out
 
 
 # --- Cast --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 
 from .activation import forward_context
 from .grad_ops import sum_to_shape
-from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, planned, register
 from .rules import normalize_axis, shape_error
 
 
@@ -82,7 +82,13 @@ def batch_normalization(ctx, x, scale, b, mean, var):  # x (N,C,...) -> Y like x
     else:
         m, v = param(mean), param(var)
     a = param(scale) / np.sqrt(v + work.type(eps))
-    y = ((xw - m) * a + param(b)).astype(x.dtype, copy=False)
+    y = planned(ctx)
+    if y is not None and y.dtype == work:  # the same operations, written in place
+        np.subtract(xw, m, out=y)
+        np.multiply(y, a, out=y)
+        np.add(y, param(b), out=y)
+    else:
+        y = ((xw - m) * a + param(b)).astype(x.dtype, copy=False)
     if ctx.n_outputs <= 1:
         return y
     if training:
@@ -138,15 +144,24 @@ def batch_normalization_grad_kernel(ctx, dy, x, scale, b, mean=None, var=None):
     else:
         m, v = (np.asarray(a).astype(work, copy=False).reshape(bshape) for a in (mean, var))
     inv_std = 1 / np.sqrt(v + eps)
-    xhat = (xw - m) * inv_std
-    db = dyw.sum(axis=axes, keepdims=True)
-    ds = (dyw * xhat).sum(axis=axes, keepdims=True)
     gain = scale.astype(work, copy=False).reshape(bshape) * inv_std
-    if training:  # through the batch mean and variance too
-        count = work.type(x.size // max(m.size, 1))
-        dx = gain * (dyw - db / count - xhat * (ds / count))
+    db = dyw.sum(axis=axes, keepdims=True)
+    out = planned(ctx)
+    if out is not None and out.dtype == work and not training:
+        # dX's bytes hold xhat * dy while the scale's gradient is summed: no temporaries
+        np.subtract(xw, m, out=out)
+        np.multiply(out, inv_std, out=out)
+        np.multiply(dyw, out, out=out)
+        ds = out.sum(axis=axes, keepdims=True)
+        dx = np.multiply(dyw, gain, out=out)
     else:
-        dx = dyw * gain
+        xhat = (xw - m) * inv_std
+        ds = (dyw * xhat).sum(axis=axes, keepdims=True)
+        if training:  # through the batch mean and variance too
+            count = work.type(x.size // max(m.size, 1))
+            dx = gain * (dyw - db / count - xhat * (ds / count))
+        else:
+            dx = dyw * gain
     return (dx.astype(x.dtype, copy=False), ds.reshape(scale.shape).astype(scale.dtype),
             db.reshape(b.shape).astype(b.dtype))
 

@@ -22,7 +22,8 @@ VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 INPLACE_OPS = frozenset({
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Gelu",
     "HardSigmoid", "HardSwish", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal",
-    "Add", "Sub", "Mul", "Div", "BatchNormalization", "Scale", "CastLikeInput"})
+    "Add", "Sub", "Mul", "Div", "BatchNormalization", "Scale", "CastLikeInput",
+    "ClipGrad", "ActivationGrad"})
 
 
 def nbytes(t: TensorType) -> int:

@@ -8,8 +8,8 @@ BatchNorm and Clip again just before backward first needs them. Forward's own Ba
 then dies at the Clip, which writes over it in place.
 
 A value is recomputed when its step is a *cheap* op (below), it is read in backward, and every
-input it needs is available there anyway: kept for backward, recomputed itself, or outside the
-arena (feeds, parameters, constants). The copy runs the same kernel on the same inputs, so the
+input it needs is available there: kept for backward, recomputable itself (then recomputed
+first), or outside the arena (feeds, parameters, constants). The copy runs the same kernel on the same inputs, so the
 results are bit-identical.
 """
 from __future__ import annotations
@@ -45,14 +45,16 @@ def recompute(inferred: Inferred, backward_from: int | None, external: set[str],
     forward, backward = steps[:backward_from], steps[backward_from:]
     read_later = {x for s in backward for x in s.node.inputs if x}
     keep = set(outputs)
-    chosen: dict[str, Step] = {}
+    # recomputable: a cheap step whose inputs backward has (kept, recomputable, or external)
+    can: dict[str, Step] = {}
     for s in forward:
         y = s.node.outputs[0]
-        if not _cheap(s) or y not in read_later or y in keep:
+        if not _cheap(s) or y in keep:
             continue
         ins = [x for x in s.node.inputs if x and x not in external]
-        if all(x in chosen or x in read_later for x in ins):
-            chosen[y] = s
+        if all(x in can or x in read_later for x in ins):
+            can[y] = s
+    chosen = {y: s for y, s in can.items() if y in read_later}
     if not chosen:
         return inferred, 0
     types = dict(inferred.types)
@@ -62,8 +64,8 @@ def recompute(inferred: Inferred, backward_from: int | None, external: set[str],
     def emit(y: str) -> str:
         if y in done:
             return done[y]
-        s = chosen[y]
-        ins = [emit(x) if x in chosen else x for x in s.node.inputs]
+        s = can[y]
+        ins = [emit(x) if x in can else x for x in s.node.inputs]
         name = y + SUFFIX
         node = Node(s.node.op_type, ins, [name], s.node.attrs, s.node.name + SUFFIX, s.node.domain)
         ctx = copy.copy(s.ctx)
