@@ -11,7 +11,7 @@ from ..graph.ir import Graph
 from ..ops.registry import ET_DOMAIN, TensorType
 from .lifetimes import Buffer, analyze, nbytes
 from .placement import Placement, place
-from .recompute import recompute as recompute_cheap
+from .recompute import SUFFIX, recompute as recompute_cheap
 
 
 @dataclass
@@ -67,6 +67,9 @@ def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, Tens
     steps = inferred.steps
     buffers, owner = analyze(steps, inferred.types, outputs, external, inplace=inplace,
                              backward_from=seed)
+    for b in buffers:
+        if b.name.endswith(SUFFIX):
+            b.kind = "activation"  # recomputed in backward, but an activation all the same
     placement = place([b.interval() for b in buffers])
     sizes = {
         "inputs": sum(nbytes(inferred.types[k]) for k in signature),

@@ -35,7 +35,8 @@ class Executor:
     plan: Plan
     arena: np.ndarray
     views: dict[str, np.ndarray]          # value -> its view of the arena
-    copies: int = 0                        # outputs copied into the arena (kernels not yet planned)
+    copies: int = 0         # outputs copied into the arena (kernels that do not write into it)
+    copied_bytes: int = 0
 
     @classmethod
     def build(cls, graph: Graph, inferred: Inferred, signature: Mapping[str, TensorType],
@@ -88,4 +89,5 @@ class Executor:
                         f"{view.dtype}{list(view.shape)} (an edgetrain bug; please report it)")
                 np.copyto(view, arr)
                 self.copies += 1
+                self.copied_bytes += view.nbytes
             values[name] = view
