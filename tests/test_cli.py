@@ -65,11 +65,52 @@ def test_export_runs_in_onnxruntime(capsys, tmp_path):
      ["--momentum"]),
     (["export", "{tmp}", "--out", "{tmp}/m.onnx"], ["checkpoint"]),
     (["run", "missing.onnx"], ["missing.onnx"]),
+    (["plan", "missing.onnx"], ["missing.onnx"]),
+    (["plan", MLP, "--dim", "seq:4"], ["NAME=SIZE"]),
+    (["plan", MLP, "--trainable", "fc9.*"], ["fc9.*", "matches no"]),
+    (["plan", "{tmp}"], ["training_model.onnx"]),
 ])
 def test_bad_input_one_line(capsys, tmp_path, argv, needles):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code, _, err = run(capsys, *argv)
     one_line_error(code, err, *needles)
+
+
+def test_plan_report_json_and_artifacts_folder(capsys, tmp_path):
+    code, out, _ = run(capsys, "plan", CNN, "--batch", 8)
+    assert code == 0 and "arena:" in out and "lower bound:" in out and "parameters:" in out
+    code, out, _ = run(capsys, "plan", CNN, "--batch", 8, "--json")
+    full = json.loads(out)
+    assert full["arena_bytes"] >= full["lower_bound_bytes"] > 0 and full["largest"]
+    code, out, _ = run(capsys, "plan", CNN, "--batch", 8, "--json", "--last", 1)
+    assert json.loads(out)["arena_bytes"] < full["arena_bytes"]  # a frozen backbone keeps less
+    code, out, _ = run(capsys, "plan", CNN, "--batch", 8, "--json", "--no-recompute")
+    assert json.loads(out)["arena_bytes"] > full["arena_bytes"]
+    assert run(capsys, "artifacts", MLP, "--out", tmp_path)[0] == 0
+    code, out, _ = run(capsys, "plan", tmp_path, "--batch", 4, "--eval", "--json")
+    assert code == 0 and json.loads(out)["recomputed"] == 0
+    from onnx import TensorProto, helper, numpy_helper, save
+    g = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T"])],
+                          [numpy_helper.from_array(np.ones(1, np.float32), "w")])
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "t.onnx")
+    code, _, err = run(capsys, "plan", tmp_path / "t.onnx", "--loss", "mse")
+    one_line_error(code, err, "'T'", "--dim T=SIZE")
+    code, out, _ = run(capsys, "plan", tmp_path / "t.onnx", "--loss", "mse", "--dim", "T=5",
+                       "--json")
+    assert code == 0 and json.loads(out)["arena_bytes"] > 0
+
+
+def test_plan_plot(capsys, tmp_path):
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        code, _, err = run(capsys, "plan", MLP, "--plot", tmp_path / "m.png")
+        one_line_error(code, err, "matplotlib")
+        return
+    code, out, _ = run(capsys, "plan", MLP, "--batch", 4, "--plot", tmp_path / "m.png")
+    assert code == 0 and (tmp_path / "m.png").stat().st_size > 1000
 
 
 def _data(path, width=20, n=40):

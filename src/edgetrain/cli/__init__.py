@@ -8,11 +8,13 @@ from ..errors import EdgetrainError
 from . import artifacts as artifacts_cmd
 from . import demo as demo_cmd
 from . import export as export_cmd
+from . import plan as plan_cmd
 from . import run as run_cmd
 from .train import eval_cmd, train_cmd
 
 SUBCOMMANDS = {"demo": demo_cmd, "artifacts": artifacts_cmd, "train": train_cmd,
-               "eval": eval_cmd, "export": export_cmd, "run": run_cmd}
+               "eval": eval_cmd, "export": export_cmd, "plan": plan_cmd,
+               "run": run_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

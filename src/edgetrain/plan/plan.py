@@ -24,6 +24,25 @@ class Plan:
     inferred: Inferred              # the steps planned (with recomputations, if any)
     recomputed: int = 0
 
+    def timeline(self) -> dict[str, np.ndarray]:
+        """Arena bytes live at each step, by kind (activation, gradient, output)."""
+        out: dict[str, np.ndarray] = {}
+        for b in self.buffers:
+            live = out.setdefault(b.kind, np.zeros(self.n_steps + 1, np.int64))
+            live[b.first:b.last + 1] += b.nbytes
+        return out
+
+    def summary(self, top: int = 8) -> dict:
+        """The report as plain data (``edgetrain plan --json``)."""
+        p = self.placement
+        return {"steps": self.n_steps, "buffers": len(self.buffers),
+                "recomputed": self.recomputed, "arena_bytes": p.arena,
+                "lower_bound_bytes": p.lower_bound, "efficiency": round(p.efficiency, 4),
+                "outside_arena_bytes": dict(self.external_bytes),
+                "largest": [{"name": b.name, "bytes": b.nbytes, "first": b.first,
+                             "last": b.last, "kind": b.kind}
+                            for b in sorted(self.buffers, key=lambda b: -b.nbytes)[:top]]}
+
     def report(self, top: int = 8) -> str:
         p = self.placement
         mb = 1 / 2 ** 20

@@ -1,0 +1,150 @@
+"""``edgetrain plan MODEL``: the memory plan of a training step, without running it."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import InputError
+from ..graph import load_graph
+from ..training.checkpoint import CheckpointState
+from ..training.graphs import ArtifactError, last_layers, split_state, untie_aliases
+from ..training.module import Module
+from .. import artifacts as A
+from .artifacts import LOSSES, _match
+
+KINDS = ("activation", "gradient", "output")
+LABELS = {"activation": "activations", "gradient": "gradients in backward",
+          "output": "gradients kept for the optimizer, outputs"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "plan", help="show the memory plan of a training step",
+        description="Plan a training step of an ONNX model (or of an artifacts folder) for a "
+                    "batch size and print the arena the step needs, the lower bound no plan can "
+                    "beat (the most bytes live at one moment), the bytes outside the arena "
+                    "(parameters, gradients, optimizer state, inputs) and the largest tensors "
+                    "with the steps they live over. Nothing is trained.",
+        epilog="examples: edgetrain plan model.onnx --batch 16 --last 1\n"
+               "          edgetrain plan art/ --batch 32 --plot memory.png")
+    p.add_argument("model", help="an .onnx inference model, or a folder made by "
+                                 "`edgetrain artifacts`")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--dim", nargs="+", default=[], metavar="NAME=SIZE",
+                   help="sizes of other named input dimensions (e.g. sequence=64)")
+    p.add_argument("--trainable", nargs="+", metavar="NAME", default=None,
+                   help="parameters that train (names or glob patterns; default all)")
+    p.add_argument("--last", type=int, metavar="N", help="train the last N layers only")
+    p.add_argument("--loss", choices=sorted(LOSSES), default="ce")
+    p.add_argument("--eval", action="store_true", help="plan the eval step instead")
+    p.add_argument("--no-recompute", action="store_true",
+                   help="keep every activation backward reads instead of recomputing cheap ones")
+    p.add_argument("--no-inplace", action="store_true", help="no ops written in place")
+    p.add_argument("--top", type=int, default=8, help="how many of the largest tensors to list")
+    p.add_argument("--plot", metavar="FILE",
+                   help="draw the memory timeline to FILE (.png, .svg, .pdf; needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _dims(args) -> dict[str, int]:
+    dims = {}
+    for item in args.dim:
+        name, sep, size = item.partition("=")
+        if not sep or not size.isdigit():
+            raise InputError(f"--dim {item!r}: write NAME=SIZE, e.g. sequence=64")
+        dims[name] = int(size)
+    return dims
+
+
+def _zeros(value, batch: int, dims: dict[str, int], role: str) -> np.ndarray:
+    shape = []
+    for i, d in enumerate(value.shape or ()):
+        if isinstance(d, int) and d > 0:
+            shape.append(d)
+        elif isinstance(d, str) and d in dims:
+            shape.append(dims[d])
+        elif i == 0:
+            shape.append(batch)
+        else:
+            raise InputError(f"{role} {value.name!r} has a free dimension {d or '?'!r} at axis "
+                             f"{i}: give its size with --dim {d or 'NAME'}=SIZE")
+    return np.zeros(shape, dtype=value.dtype)
+
+
+def _module(args, folder: str) -> Module:
+    if os.path.isdir(args.model):
+        art = args.model
+    else:
+        if args.trainable and args.last:
+            raise ArtifactError("give --trainable or --last, not both")
+        graph = untie_aliases(load_graph(args.model))
+        params = split_state(graph)[0]
+        trainable = (last_layers(graph, args.last) if args.last else
+                     _match(args.trainable, params, "--trainable") if args.trainable else None)
+        A.generate_artifacts(graph, requires_grad=trainable, loss=LOSSES[args.loss](),
+                             artifact_directory=folder, untie_aliases=False)
+        art = folder
+    files = {k: os.path.join(art, f) for k, f in (("train", "training_model.onnx"),
+                                                   ("eval", "eval_model.onnx"),
+                                                   ("ckpt", "checkpoint"))}
+    for path in files.values():
+        if not os.path.exists(path):
+            raise ArtifactError(f"{art!r} has no {os.path.basename(path)}: give an .onnx model or "
+                                "a folder made by `edgetrain artifacts`")
+    state = CheckpointState.load_checkpoint(files["ckpt"])
+    return Module(files["train"], state, files["eval"], recompute=not args.no_recompute,
+                  inplace=not args.no_inplace)
+
+
+def plot(plan, path: str, title: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise InputError("--plot needs matplotlib: pip install 'edgetrain[plot]'") from e
+    mib = 1 / 2 ** 20
+    lines = plan.timeline()
+    steps = np.arange(plan.n_steps + 1)
+    fixed = {k: v for k, v in plan.external_bytes.items() if v}
+    layers = [np.full(len(steps), v * mib) for v in fixed.values()]
+    layers += [lines.get(k, np.zeros(len(steps))) * mib for k in KINDS]
+    labels = list(fixed) + [LABELS[k] for k in KINDS]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.stackplot(steps, *layers, labels=labels, step="post")
+    ax.axhline((plan.placement.arena + sum(fixed.values())) * mib, color="k", lw=0.8, ls="--",
+               label="arena + outside the arena")
+    ax.set_xlabel("step of the training step (forward, loss, backward)")
+    ax.set_ylabel("MiB live")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    if args.batch < 1:
+        raise InputError(f"--batch must be at least 1, not {args.batch}")
+    dims = _dims(args)
+    with tempfile.TemporaryDirectory() as folder:
+        module = _module(args, folder)
+        if args.eval:
+            module.eval()
+        graph = module._eval_graph if args.eval else module._train_graph
+        by_name = {v.name: v for v in graph.inputs}
+        inputs = [_zeros(by_name[n], args.batch, dims, "input") for n in module.input_names()]
+        plan = module.memory_plan(*inputs)
+    if args.plot:
+        plot(plan, args.plot, f"{os.path.basename(args.model.rstrip('/'))}, batch {args.batch}"
+                              f"{', eval' if args.eval else ''}")
+    if args.json:
+        print(json.dumps({"model": args.model, "batch": args.batch, **plan.summary(args.top)}))
+    else:
+        print(plan.report(args.top))
+        if args.plot:
+            print(f"timeline written to {args.plot}")
+    return 0
