@@ -97,12 +97,17 @@ def _train(run, folder, steps, **knobs):
 
 
 @pytest.mark.parametrize("name", ["mlp_sgd", "cnn_sgd_train", "cnn_adamw_frozen", "lm_adamw",
-                                  "cnn_sgd_frozen_last"])
+                                  "cnn_sgd_frozen_last", "mlp_sgd_last", "lm_sgd_last"])
 def test_training_is_bit_identical_with_every_memory_setting(tmp_path, name):
     run = MANIFEST["runs"][name]
     ref_losses, ref_state, _ = _train(run, tmp_path / "ref", 3, planned=False)
-    for i, knobs in enumerate([{}, {"recompute": False}, {"inplace": False, "recompute": False}]):
+    for i, knobs in enumerate([{}, {"recompute": False}, {"inplace": False, "recompute": False},
+                               {"chunk_frozen": False}, {"chunk_budget_mb": 1e-6}]):
         losses, state, module = _train(run, tmp_path / str(i), 3, **knobs)
+        if name == "cnn_sgd_frozen_last" and knobs.get("chunk_frozen", True):
+            assert module._prefix, "the frozen backbone should run in chunks"
+            if "chunk_budget_mb" in knobs:
+                assert set(module._prefix._chunk.values()) == {1}
         assert [l.tobytes() for l in losses] == [l.tobytes() for l in ref_losses], knobs
         for k, p in ref_state.parameters.items():
             np.testing.assert_array_equal(state.parameters[k].data, p.data)

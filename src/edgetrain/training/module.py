@@ -10,6 +10,8 @@ import numpy as np
 from ..errors import InputError
 from ..graph.ir import Graph, Value
 from ..graph.load import load_graph
+from ..graph.infer import infer
+from ..runtime.prefix import ChunkedPrefix, split_frozen_prefix
 from ..runtime.session import InferenceSession
 from .checkpoint import CheckpointError, CheckpointState, atomic_write
 from .graphs import META_KEY, ArtifactError, Roles
@@ -42,12 +44,17 @@ class Module:
     * ``recompute=True``: cheap activations (BatchNorm in inference form, Clip/Relu, Add...)
       are computed again in backward instead of kept from forward: about one more pass over
       memory per such op, and about half the activation memory of a Conv-BN-ReLU network.
+    * ``chunk_frozen=True``: when the first layers are frozen and treat samples independently
+      (a backbone under a trainable head), their forward runs a few samples at a time, in an
+      arena of about ``chunk_budget_mb`` (default 4 MiB); the rest of the step reads their
+      features from one full-batch buffer. A little more Python overhead per step.
     All settings give bit-identical results. ``memory_plan()`` reports the plan.
     """
 
     def __init__(self, train_model_uri, state: CheckpointState, eval_model_uri=None,
                  device: str = "cpu", *, planned: bool = True, inplace: bool = True,
-                 recompute: bool = True):
+                 recompute: bool = True, chunk_frozen: bool = True,
+                 chunk_budget_mb: float = 4.0):
         if device != "cpu":
             raise ValueError(f"device {device!r}: edgetrain runs on the CPU ('cpu')")
         if not isinstance(state, CheckpointState):
@@ -70,6 +77,10 @@ class Module:
                               if self._eval_graph is not None else None)
         self._reset_pending = True
         self.training = True
+        self._knobs, self._fixed = knobs, fixed
+        self._chunk_budget = int(chunk_budget_mb * 2 ** 20)
+        self._prefix: ChunkedPrefix | None | bool = None if chunk_frozen and planned else False
+        self._rest_session: InferenceSession | None = None
 
     # --- state ---------------------------------------------------------------------------------
     def _check_state(self) -> None:
@@ -149,7 +160,13 @@ class Module:
             feeds[r.rng_step] = np.asarray(self._state.train_step, dtype=np.int64)
         grads = [r.gradients[p] for p in r.trainable]
         updates = list(r.buffer_updates.items())
-        outs = self._train_session.run(r.outputs + grads + [u for _, u in updates], feeds)
+        session = self._train_session
+        if self._prefix is None:
+            self._split_prefix(feeds)
+        if self._prefix:
+            feeds.update(self._prefix.run(feeds))
+            session = self._rest_session
+        outs = session.run(r.outputs + grads + [u for _, u in updates], feeds)
         n = len(r.outputs)
         # commit only after the whole step succeeded
         for p, g in zip(r.trainable, outs[n:n + len(grads)]):
@@ -190,6 +207,28 @@ class Module:
         state["inputs"] = int(sum(v.nbytes for k, v in feeds.items() if k not in nbytes))
         plan.external_bytes = {**state, "constants": plan.external_bytes.get("constants", 0)}
         return plan
+
+    def _split_prefix(self, feeds: dict[str, np.ndarray]) -> None:
+        """Decide, on the first batch of more than one sample, whether a frozen prefix runs in
+        chunks (``chunk_frozen``)."""
+        r = self._roles
+        batch_inputs = [k for k in r.inputs if k not in set(r.labels)]
+        sizes = {np.shape(feeds[k])[0] for k in batch_inputs if np.ndim(feeds[k])}
+        if len(sizes) != 1 or sizes.pop() < 2:
+            return  # decide on a later, larger batch
+        from ..runtime.session import check_feeds, signature_of
+        graph = self._train_graph
+        types = infer(graph, signature_of(check_feeds(graph, feeds), set())).types
+        variables = set(r.trainable) | set(r.labels) | ({r.rng_step} if r.rng_step else set())
+        split = split_frozen_prefix(graph, types, batch_inputs, variables)
+        if split is None:
+            self._prefix = False
+            return
+        knobs = self._knobs
+        self._prefix = ChunkedPrefix(split, lambda g: InferenceSession(g, **knobs),
+                                     self._chunk_budget)
+        self._rest_session = InferenceSession(split.rest, dynamic=self._fixed | set(split.frontier),
+                                              **knobs)
 
     def lazy_reset_grad(self) -> None:
         """The next training step overwrites the gradients instead of adding to them."""
