@@ -138,9 +138,13 @@ class ChunkedPrefix:
         self._buffers: dict[tuple, list[np.ndarray]] = {}
         self._chunk: dict[tuple, int] = {}
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _mine(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = {v.name for v in self.split.prefix.inputs}
-        mine = {k: v for k, v in feeds.items() if k in names}
+        return {k: v for k, v in feeds.items() if k in names}
+
+    def chunk(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """How many samples a chunk holds for a batch like this one."""
+        mine = self._mine(feeds)
         batch = mine[self.split.batch_inputs[0]].shape[0]
         key = tuple((k, mine[k].shape, mine[k].dtype.str) for k in self.split.batch_inputs)
         if key not in self._chunk:
@@ -148,7 +152,19 @@ class ChunkedPrefix:
             per_sample = self.session.plan_for(one).plan.placement.arena \
                 if self.session.planned else 0
             self._chunk[key] = chunk_size(per_sample, batch, self.budget)
-        step = self._chunk[key]
+        return self._chunk[key]
+
+    def chunk_plan(self, feeds: Mapping[str, np.ndarray]):
+        """The plan of one chunk (the prefix's arena), with the chunk size."""
+        step, mine = self.chunk(feeds), self._mine(feeds)
+        part = {k: (v[:step] if k in self.split.batch_inputs else v) for k, v in mine.items()}
+        return self.session.plan_for(part).plan, step
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mine = self._mine(feeds)
+        batch = mine[self.split.batch_inputs[0]].shape[0]
+        key = tuple((k, mine[k].shape, mine[k].dtype.str) for k in self.split.batch_inputs)
+        step = self.chunk(feeds)
         outs = None
         for lo in range(0, batch, step):
             part = {k: (v[lo:lo + step] if k in self.split.batch_inputs else v)

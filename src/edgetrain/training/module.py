@@ -191,6 +191,19 @@ class Module:
         if training and r.rng_step:
             feeds[r.rng_step] = np.asarray(self._state.train_step, dtype=np.int64)
         session = self._train_session if training else self._eval_session
+        prefix_bytes = {}
+        if training and self._prefix is None:
+            self._split_prefix(feeds)
+        if training and self._prefix:  # the frozen prefix runs in chunks; plan the rest
+            chunk_plan, k = self._prefix.chunk_plan(feeds)
+            prefix_bytes = {f"frozen prefix arena ({k} of {len(feeds[r.inputs[0]])} samples "
+                            "at a time)": chunk_plan.placement.arena}
+
+            batch = len(feeds[r.inputs[0]])
+            for y in self._prefix.split.frontier:  # the features, as the rest reads them
+                t = chunk_plan.inferred.types[y]
+                feeds[y] = np.zeros((batch,) + t.shape[1:], t.dtype)
+            session = self._rest_session
         feeds = check_feeds(session.graph, feeds)
         executor = session.plan_for(feeds) if session.planned else None
         plan = executor.plan if executor is not None else make_plan(
@@ -205,7 +218,8 @@ class Module:
             state["optimizer state"] = int(sum(np.asarray(v).nbytes for per in moments.values()
                                                for v in per.values()))
         state["inputs"] = int(sum(v.nbytes for k, v in feeds.items() if k not in nbytes))
-        plan.external_bytes = {**state, "constants": plan.external_bytes.get("constants", 0)}
+        plan.external_bytes = {**prefix_bytes, **state,
+                               "constants": plan.external_bytes.get("constants", 0)}
         return plan
 
     def _split_prefix(self, feeds: dict[str, np.ndarray]) -> None:
