@@ -44,12 +44,15 @@ def ratios(job: dict) -> dict | None:
     others = {k: r for k, r in e.items() if k in COMPARATORS and _ok(r)}
     if not _ok(et) or not others:
         return None
+    pt = others.get("torch")
     fast = min(others, key=lambda k: others[k]["median_step_ms"])
     lean = min(others, key=lambda k: others[k]["train_mb"])
     peak = min(others, key=lambda k: others[k]["peak_rss_mb"])
     return {"time": et["median_step_ms"] / others[fast]["median_step_ms"], "time_vs": fast,
             "train": et["train_mb"] / max(others[lean]["train_mb"], 0.1), "train_vs": lean,
-            "peak": et["peak_rss_mb"] / others[peak]["peak_rss_mb"], "peak_vs": peak}
+            "peak": et["peak_rss_mb"] / others[peak]["peak_rss_mb"], "peak_vs": peak,
+            "time_torch": et["median_step_ms"] / pt["median_step_ms"] if pt else None,
+            "train_torch": et["train_mb"] / max(pt["train_mb"], 0.1) if pt else None}
 
 
 def markdown(res: dict) -> str:
@@ -94,16 +97,20 @@ def markdown(res: dict) -> str:
                        + (f": {note}" if note else "") + " |")
     out += ["", "## edgetrain against the best comparator", "",
             "Ratio of edgetrain's number to the best of PyTorch and ORT on that job (> 1: "
-            "edgetrain is slower / uses more).", "",
-            "| job | step time | training memory | peak RSS |", "|---|---:|---:|---:|"]
+            "edgetrain is slower / uses more), and to PyTorch's alone, which computes exactly "
+            "what edgetrain does (on MobileNetV2 ORT computes BatchNorm from batch statistics, "
+            "see Method).", "",
+            "| job | step time vs best | step time vs PyTorch | training memory vs best | "
+            "training memory vs PyTorch | peak RSS vs best |", "|---|---:|---:|---:|---:|---:|"]
     for job in res["jobs"]:
         r = ratios(job)
         if r is None:
-            out.append(f"| {job['job']} | — | — | — |")
+            out.append(f"| {job['job']} | — | — | — | — | — |")
             continue
         n = lambda k: ENGINE_NAMES[r[k]]  # noqa: E731
         out.append(f"| {job['job']} | {r['time']:.2f}× ({n('time_vs')}) | "
-                   f"{r['train']:.2f}× ({n('train_vs')}) | {r['peak']:.2f}× ({n('peak_vs')}) |")
+                   f"{_f(r['time_torch'], '{:.2f}×')} | {r['train']:.2f}× ({n('train_vs')}) | "
+                   f"{_f(r['train_torch'], '{:.2f}×')} | {r['peak']:.2f}× ({n('peak_vs')}) |")
     out += _losses(res) + _footprint(res) + _method(res)
     return "\n".join(out) + "\n"
 
@@ -119,7 +126,14 @@ def _machine(res: dict) -> list[str]:
                 if eng == "edgetrain":
                     blas = r.get("threads", {})
     t_torch, t_ort = threads.get("torch", {}), threads.get("ort", {})
-    lines = ["## Machine", "",
+    changes = m.get("src_changes") or []
+    lines = ["## Machine", ""]
+    if "git" in m:
+        lines.append(f"- edgetrain: commit {m['git']}"
+                     + (f" plus uncommitted changes in {len(changes)} file(s) under src/ "
+                        f"({', '.join(changes[:6])}{', …' if len(changes) > 6 else ''})"
+                        if changes else ", no uncommitted changes under src/"))
+    lines += [
              f"- CPU: {m['cpu']}, {m['cores']} cores ({m['affinity']} usable), "
              f"{m['ram_gib']} GiB RAM, Linux {m['kernel']}",
              f"- Python {main.get('python', '?')}; main venv: edgetrain {main.get('edgetrain', '?')}, "
@@ -246,7 +260,11 @@ def _method(res: dict) -> list[str]:
             "in the updates accumulate.",
             "- **Noise**: the machine may be shared. Before each timed process the harness waits "
             f"(up to `--wait-idle`, {s.get('wait_idle', '?')} s here) until other processes keep "
-            "less than 0.25 cores busy, and *other load* records what they took during the steps.",
+            "less than 0.25 cores busy (and runs it again, up to `--retries` times, when they took "
+            "more), and *other load* records what they took during the steps. Even with other "
+            "load near 0, repeated full runs on this virtual machine differed by up to about 2× "
+            "in some cells (contention the guest cannot see): compare *min step* as well, and "
+            "trust ratios well above 2× only.",
             "- Regenerate: `.venv/bin/python bench/run.py` (options: `--jobs`, `--engines`, "
             "`--steps`, `--warmup`, `--out`, `--json`; `--help`). The ORT venv is created on "
             "first use: `python3 -m venv bench/.venv-ort && bench/.venv-ort/bin/pip install "

@@ -34,8 +34,8 @@ from bench.worker import PREFIX  # noqa: E402
 # ort-ln3: ORT on the export with its one-output LayerNormalization nodes given their optional
 # outputs (ORT has no gradient otherwise); run on such models only.
 ENGINES = ["edgetrain", "torch", "ort", "torch-bnbatch", "ort-ln3"]
-STEPS = {"mlp": 30, "mnv2_96_all": 10, "mnv2_96_last": 10, "mnv2_224_all": 5,
-         "mnv2_224_last": 5, "tinylm": 10}
+STEPS = {"mlp": 50, "mnv2_96_all": 20, "mnv2_96_last": 20, "mnv2_224_all": 6,
+         "mnv2_224_last": 6, "tinylm": 20}
 LOAD_OK = 0.25  # cores other processes may keep busy without the numbers counting as disturbed
 ORT_PACKAGES = ["onnxruntime-training-cpu==1.19.2", "onnx==1.16.2", "torch==2.13.0"]
 
@@ -143,7 +143,12 @@ def machine() -> dict:
                 break
     with open("/proc/meminfo") as f:
         mem_kb = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1])
-    return {"cpu": cpu, "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+    def git(*a):
+        r = subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else "?"
+    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "src").splitlines()]
+    return {"git": git("rev-parse", "--short", "HEAD"), "src_changes": dirty,
+            "cpu": cpu, "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
             "ram_gib": round(mem_kb / 2**20, 1), "kernel": platform.release(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
@@ -207,7 +212,7 @@ def main(argv=None) -> int:
                     help=f"comma-separated, from {', '.join(ENGINES)} (default: all)")
     ap.add_argument("--steps", type=int, help="timed steps for every job (default: per job, "
                     + ", ".join(f"{k} {v}" for k, v in STEPS.items()) + ")")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before (default 2)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before (default 3)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads")
     ap.add_argument("--retries", type=int, default=2,
@@ -225,7 +230,16 @@ def main(argv=None) -> int:
                     help="scratch: models, batches, artifacts, logs (default bench/.work)")
     ap.add_argument("--ort-venv", default=os.path.join(HERE, ".venv-ort"),
                     help="ONNX Runtime training venv, created when missing")
+    ap.add_argument("--render-only", action="store_true",
+                    help="run nothing: rewrite --out from the results in --json")
     a = ap.parse_args(argv)
+    if a.render_only:
+        with open(a.json) as f:
+            results = json.load(f)
+        with open(a.out, "w") as f:
+            f.write(report.markdown(results))
+        print(f"wrote {a.out} from {a.json}")
+        return 0
     jobs = [j for j in a.jobs.split(",") if j]
     engines = [e for e in a.engines.split(",") if e]
     bad = [j for j in jobs if j not in models.JOBS] + [e for e in engines if e not in ENGINES]

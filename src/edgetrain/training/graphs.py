@@ -10,8 +10,9 @@
   weights (as ONNX Runtime's artifacts).
 * **Modes**: BatchNormalization trains with batch statistics and updates its running statistics, or
   stays frozen on them: ``batchnorm="auto"`` (the default) follows the export — a node exported in
-  training mode trains, one exported for inference stays frozen, which is ONNX Runtime's behaviour and
-  the usual choice for fine-tuning with small batches; ``"train"``/``"frozen"`` force one mode.
+  training mode trains, one exported for inference stays frozen (PyTorch's eval-mode computation,
+  the usual choice for fine-tuning with small batches; ONNX Runtime 1.19.2 instead normalizes every
+  BatchNorm with batch statistics); ``"train"``/``"frozen"`` force one mode.
   Dropout (when the export kept its nodes) is active in training with a seeded generator that
   depends only on the seed and the training step, so a resumed run draws the same masks.
   The eval graph has both off.
