@@ -14,6 +14,7 @@ from ..training.graphs import ArtifactError, last_layers, split_state, untie_ali
 from ..training.module import Module
 from .. import artifacts as A
 from .artifacts import LOSSES, _match
+from .run import input_shape, parse_dims
 
 KINDS = ("activation", "gradient", "output")
 LABELS = {"activation": "activations", "gradient": "gradients in backward",
@@ -33,8 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("model", help="an .onnx inference model, or a folder made by "
                                  "`edgetrain artifacts`")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--dim", nargs="+", default=[], metavar="NAME=SIZE",
-                   help="sizes of other named input dimensions (e.g. sequence=64)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of another named input dimension, e.g. sequence=64 (repeatable)")
     p.add_argument("--trainable", nargs="+", metavar="NAME", default=None,
                    help="parameters that train (names or glob patterns; default all)")
     p.add_argument("--last", type=int, metavar="N", help="train the last N layers only")
@@ -47,31 +48,6 @@ def add_parser(sub) -> None:
     p.add_argument("--plot", metavar="FILE",
                    help="draw the memory timeline to FILE (.png, .svg, .pdf; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _dims(args) -> dict[str, int]:
-    dims = {}
-    for item in args.dim:
-        name, sep, size = item.partition("=")
-        if not sep or not size.isdigit():
-            raise InputError(f"--dim {item!r}: write NAME=SIZE, e.g. sequence=64")
-        dims[name] = int(size)
-    return dims
-
-
-def _zeros(value, batch: int, dims: dict[str, int], role: str) -> np.ndarray:
-    shape = []
-    for i, d in enumerate(value.shape or ()):
-        if isinstance(d, int) and d > 0:
-            shape.append(d)
-        elif isinstance(d, str) and d in dims:
-            shape.append(dims[d])
-        elif i == 0:
-            shape.append(batch)
-        else:
-            raise InputError(f"{role} {value.name!r} has a free dimension {d or '?'!r} at axis "
-                             f"{i}: give its size with --dim {d or 'NAME'}=SIZE")
-    return np.zeros(shape, dtype=value.dtype)
 
 
 def _module(args, folder: str) -> Module:
@@ -129,14 +105,15 @@ def plot(plan, path: str, title: str) -> None:
 def main(args) -> int:
     if args.batch < 1:
         raise InputError(f"--batch must be at least 1, not {args.batch}")
-    dims = _dims(args)
+    dims = parse_dims(args.dim)
     with tempfile.TemporaryDirectory() as folder:
         module = _module(args, folder)
         if args.eval:
             module.eval()
         graph = module._eval_graph if args.eval else module._train_graph
         by_name = {v.name: v for v in graph.inputs}
-        inputs = [_zeros(by_name[n], args.batch, dims, "input") for n in module.input_names()]
+        inputs = [np.zeros(input_shape(by_name[n], args.batch, dims), by_name[n].dtype)
+                  for n in module.input_names()]
         plan = module.memory_plan(*inputs)
     if args.plot:
         plot(plan, args.plot, f"{os.path.basename(args.model.rstrip('/'))}, batch {args.batch}"

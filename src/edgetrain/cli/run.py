@@ -23,33 +23,41 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _dims(args) -> dict[str, int]:
+def parse_dims(items) -> dict[str, int]:
+    """``--dim NAME=SIZE`` values as a dict (shared by the subcommands that make inputs)."""
     out = {}
-    for item in args.dim:
+    for item in items:
         name, _, size = item.partition("=")
-        if not size.isdigit():
+        if not name or not size.isdigit():
             raise InputError(f"--dim {item!r}: expected NAME=SIZE with SIZE a positive integer")
         out[name] = int(size)
     return out
+
+
+def input_shape(v, batch: int, dims: dict[str, int], role: str = "input") -> list[int]:
+    """A concrete shape for a declared input: fixed dims, named ones from ``dims``, the first
+    free one ``batch``; any other free dimension is an error that says which ``--dim`` to give."""
+    if v.shape is None or v.dtype is None:
+        raise InputError(f"{role} {v.name!r} declares no shape or dtype; cannot generate it")
+    shape = []
+    for i, d in enumerate(v.shape):
+        if isinstance(d, int) and d > 0:
+            shape.append(d)
+        elif isinstance(d, str) and d in dims:
+            shape.append(dims[d])
+        elif i == 0:
+            shape.append(batch)
+        else:
+            raise InputError(f"{role} {v.name!r} has a free dimension {d or '?'!r} at axis {i}: "
+                             f"give its size with --dim {d or 'NAME'}=SIZE")
+    return shape
 
 
 def make_inputs(sess: InferenceSession, batch: int, dims: dict[str, int], seed: int):
     rng = np.random.default_rng(seed)
     feeds = {}
     for v in sess.get_inputs():
-        if v.shape is None or v.dtype is None:
-            raise InputError(f"input {v.name!r} declares no shape or dtype; cannot generate it")
-        shape = []
-        for i, d in enumerate(v.shape):
-            if isinstance(d, int) and d > 0:
-                shape.append(d)
-            elif isinstance(d, str) and d in dims:
-                shape.append(dims[d])
-            elif i == 0:
-                shape.append(batch)
-            else:
-                raise InputError(f"input {v.name!r} has free dimension {d or '?'} at axis {i}; "
-                                 f"give its size with --dim {d or 'NAME'}=SIZE")
+        shape = input_shape(v, batch, dims)
         if v.dtype.kind == "f":
             feeds[v.name] = rng.standard_normal(shape).astype(v.dtype)
         else:
@@ -59,7 +67,7 @@ def make_inputs(sess: InferenceSession, batch: int, dims: dict[str, int], seed: 
 
 def main(args) -> int:
     sess = InferenceSession(args.model)
-    feeds = make_inputs(sess, args.batch, _dims(args), args.seed)
+    feeds = make_inputs(sess, args.batch, parse_dims(args.dim), args.seed)
     outs = sess.run(None, feeds)  # warm-up: infers, folds and caches the plan
     times = []
     for _ in range(max(args.repeat, 1)):

@@ -12,7 +12,8 @@ from ..graph.ir import Graph, Value
 from ..graph.load import load_graph
 from ..graph.infer import infer
 from ..runtime.prefix import ChunkedPrefix, split_frozen_prefix
-from ..runtime.session import InferenceSession
+from ..plan import make_plan
+from ..runtime.session import InferenceSession, check_feeds, signature_of
 from .checkpoint import CheckpointError, CheckpointState, atomic_write
 from .graphs import META_KEY, ArtifactError, Roles
 
@@ -183,8 +184,6 @@ class Module:
     def memory_plan(self, *inputs, **named):
         """The memory plan (:class:`edgetrain.plan.Plan`) of a step on inputs like these, in the
         current mode: arena, lower bound, largest tensors; ``.report()`` prints it."""
-        from ..plan import make_plan
-        from ..runtime.session import check_feeds, signature_of
         feeds = self._feeds(inputs, named)
         feeds.update(self._state_feeds())
         r, training = self._roles, self.training or self._eval_session is None
@@ -230,7 +229,6 @@ class Module:
         sizes = {np.shape(feeds[k])[0] for k in batch_inputs if np.ndim(feeds[k])}
         if len(sizes) != 1 or sizes.pop() < 2:
             return  # decide on a later, larger batch
-        from ..runtime.session import check_feeds, signature_of
         graph = self._train_graph
         types = infer(graph, signature_of(check_feeds(graph, feeds), set())).types
         variables = set(r.trainable) | set(r.labels) | ({r.rng_step} if r.rng_step else set())
