@@ -69,6 +69,9 @@ def test_export_runs_in_onnxruntime(capsys, tmp_path):
     (["plan", MLP, "--dim", "seq:4"], ["NAME=SIZE"]),
     (["plan", MLP, "--trainable", "fc9.*"], ["fc9.*", "matches no"]),
     (["plan", "{tmp}"], ["training_model.onnx"]),
+    (["bench", "missing.onnx"], ["missing.onnx"]),
+    (["bench", MLP, "--steps", "0"], ["--steps"]),
+    (["bench", MLP, "--last", "1", "--trainable", "fc1.*"], ["--trainable or --last"]),
 ])
 def test_bad_input_one_line(capsys, tmp_path, argv, needles):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -111,6 +114,42 @@ def test_plan_plot(capsys, tmp_path):
         return
     code, out, _ = run(capsys, "plan", MLP, "--batch", 4, "--plot", tmp_path / "m.png")
     assert code == 0 and (tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_bench_measures_training_in_its_own_process(capsys, tmp_path):
+    code, out, _ = run(capsys, "bench", MLP, "--batch", 4, "--steps", 3, "--json")
+    m = json.loads(out)
+    assert code == 0 and len(m["losses"]) == 4 and np.isfinite(m["losses"]).all()
+    assert 0 < m["min_step_ms"] <= m["median_step_ms"] and m["samples_per_s"] > 0
+    assert m["peak_rss_mb"] >= m["rss_loaded_mb"] > 0 and m["plan"]["arena_bytes"] > 0
+    code, out, _ = run(capsys, "bench", CNN, "--batch", 2, "--steps", 1, "--last", 1)
+    assert code == 0 and "samples/s" in out and "peak resident" in out and "arena" in out
+    assert run(capsys, "artifacts", MLP, "--out", tmp_path, "--json")[0] == 0
+    (tmp_path / "optimizer_model.onnx").unlink()
+    code, _, err = run(capsys, "bench", tmp_path)
+    one_line_error(code, err, "optimizer_model.onnx")
+
+
+def test_bench_batches_respect_class_count_and_vocabulary(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from edgetrain.cli.bench import make_batches
+    from edgetrain.cli.plan import load_module
+    emb = numpy_helper.from_array(np.ones((7, 3), np.float32), "emb")
+    g = helper.make_graph([helper.make_node("Gather", ["emb", "ids"], ["h"]),
+                           helper.make_node("ReduceMean", ["h"], ["logits"], axes=[1],
+                                            keepdims=0)], "lm",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+                          [emb])
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "lm.onnx")
+    from edgetrain import artifacts as A
+    A.generate_artifacts(str(tmp_path / "lm.onnx"), loss=A.CrossEntropyLoss(),
+                         optimizer=A.AdamW(), artifact_directory=tmp_path / "art")
+    batches = make_batches(load_module(str(tmp_path / "art")), 64, {}, 0)
+    ids, labels = batches.values()
+    assert ids.shape == (4, 64, 5) and ids.max() == 6 and ids.min() == 0
+    assert labels.shape == (4, 64) and labels.max() == 2
 
 
 def _data(path, width=20, n=40):

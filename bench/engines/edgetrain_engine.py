@@ -1,18 +1,11 @@
-"""edgetrain: ONNX Runtime's on-device training API over edgetrain's artifacts.
-
-``run_job`` is importable on its own (NumPy, onnx, safetensors and edgetrain only), for a future
-``edgetrain bench`` on a user's model:
-
-    from bench.engines.edgetrain_engine import run_job
-    result = run_job("model.onnx", ["fc.weight", "fc.bias"], (x, y), steps=10)
-"""
+"""edgetrain: ONNX Runtime's on-device training API over edgetrain's artifacts. The steps are
+``edgetrain bench``'s (``edgetrain.cli.bench.run_job``), so both measure the same thing."""
 from __future__ import annotations
 
 import os
 import tempfile
 import time
 
-from ..measure import StepTimer, numpy_blas
 
 ENGINE = "edgetrain"
 
@@ -44,26 +37,8 @@ def run_job(model_path: str, trainable: list[str] | None, batches, steps: int, *
         result.update(prepare(model_path, trainable, artifact_dir))
     t0 = time.perf_counter()
     import edgetrain
-    from edgetrain.api import CheckpointState, Module, Optimizer
+    from edgetrain.cli.bench import run_job as train_steps
     result["import_s"] = round(time.perf_counter() - t0, 3)
-
-    t0 = time.perf_counter()
-    art = lambda name: os.path.join(artifact_dir, name)  # noqa: E731
-    state = CheckpointState.load_checkpoint(art("checkpoint"))
-    module = Module(art("training_model.onnx"), state, art("eval_model.onnx"))
-    optimizer = Optimizer(art("optimizer_model.onnx"), module)
-    optimizer.set_learning_rate(lr)
-    module.train()
-    result["load_s"] = round(time.perf_counter() - t0, 3)
-    x, y = batches
-
-    def step(i: int):
-        loss = module(x[i % len(x)], y[i % len(y)])
-        optimizer.step()
-        module.lazy_reset_grad()
-        return loss
-
-    result.update(StepTimer(warmup, steps).run(step))
+    result.update(train_steps(artifact_dir, list(batches), steps, warmup=warmup, lr=lr))
     result["versions"] = {"edgetrain": getattr(edgetrain, "__version__", "?")}
-    result["threads"] = numpy_blas()
     return result

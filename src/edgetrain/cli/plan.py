@@ -31,15 +31,7 @@ def add_parser(sub) -> None:
                     "with the steps they live over. Nothing is trained.",
         epilog="examples: edgetrain plan model.onnx --batch 16 --last 1\n"
                "          edgetrain plan art/ --batch 32 --plot memory.png")
-    p.add_argument("model", help="an .onnx inference model, or a folder made by "
-                                 "`edgetrain artifacts`")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
-                   help="size of another named input dimension, e.g. sequence=64 (repeatable)")
-    p.add_argument("--trainable", nargs="+", metavar="NAME", default=None,
-                   help="parameters that train (names or glob patterns; default all)")
-    p.add_argument("--last", type=int, metavar="N", help="train the last N layers only")
-    p.add_argument("--loss", choices=sorted(LOSSES), default="ce")
+    add_model_args(p)
     p.add_argument("--eval", action="store_true", help="plan the eval step instead")
     p.add_argument("--no-recompute", action="store_true",
                    help="keep every activation backward reads instead of recomputing cheap ones")
@@ -50,7 +42,23 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _module(args, folder: str) -> Module:
+def add_model_args(p, batch: int = 1) -> None:
+    """The model and step arguments ``plan`` and ``bench`` share."""
+    p.add_argument("model", help="an .onnx inference model, or a folder made by "
+                                 "`edgetrain artifacts`")
+    p.add_argument("--batch", type=int, default=batch, help=f"batch size (default {batch})")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of another named input dimension, e.g. sequence=64 (repeatable)")
+    p.add_argument("--trainable", nargs="+", metavar="NAME", default=None,
+                   help="parameters that train (names or glob patterns; default all)")
+    p.add_argument("--last", type=int, metavar="N", help="train the last N layers only")
+    p.add_argument("--loss", choices=sorted(LOSSES), default="ce",
+                   help="loss on the model's first output (default ce)")
+
+
+def artifacts_for(args, folder: str, optimizer=None) -> str:
+    """The artifacts folder for ``args.model``: itself when it is one, else artifacts generated
+    into ``folder`` with ``args``' --trainable/--last and --loss (and ``optimizer``)."""
     if os.path.isdir(args.model):
         art = args.model
     else:
@@ -61,8 +69,13 @@ def _module(args, folder: str) -> Module:
         trainable = (last_layers(graph, args.last) if args.last else
                      _match(args.trainable, params, "--trainable") if args.trainable else None)
         A.generate_artifacts(graph, requires_grad=trainable, loss=LOSSES[args.loss](),
-                             artifact_directory=folder, untie_aliases=False)
+                             optimizer=optimizer, artifact_directory=folder, untie_aliases=False)
         art = folder
+    return art
+
+
+def load_module(art: str, **knobs) -> Module:
+    """The Module (training, eval and checkpoint) of artifacts folder ``art``."""
     files = {k: os.path.join(art, f) for k, f in (("train", "training_model.onnx"),
                                                    ("eval", "eval_model.onnx"),
                                                    ("ckpt", "checkpoint"))}
@@ -71,8 +84,15 @@ def _module(args, folder: str) -> Module:
             raise ArtifactError(f"{art!r} has no {os.path.basename(path)}: give an .onnx model or "
                                 "a folder made by `edgetrain artifacts`")
     state = CheckpointState.load_checkpoint(files["ckpt"])
-    return Module(files["train"], state, files["eval"], recompute=not args.no_recompute,
-                  inplace=not args.no_inplace)
+    return Module(files["train"], state, files["eval"], **knobs)
+
+
+def step_inputs(module: Module, batch: int, dims: dict[str, int]) -> list[np.ndarray]:
+    """Zero inputs (user inputs, then labels) of the current mode's step, shaped for ``batch``."""
+    graph = module._train_graph if module.training else module._eval_graph
+    by_name = {v.name: v for v in graph.inputs}
+    return [np.zeros(input_shape(by_name[n], batch, dims), by_name[n].dtype)
+            for n in module.input_names()]
 
 
 def plot(plan, path: str, title: str) -> None:
@@ -107,14 +127,11 @@ def main(args) -> int:
         raise InputError(f"--batch must be at least 1, not {args.batch}")
     dims = parse_dims(args.dim)
     with tempfile.TemporaryDirectory() as folder:
-        module = _module(args, folder)
+        module = load_module(artifacts_for(args, folder), recompute=not args.no_recompute,
+                             inplace=not args.no_inplace)
         if args.eval:
             module.eval()
-        graph = module._eval_graph if args.eval else module._train_graph
-        by_name = {v.name: v for v in graph.inputs}
-        inputs = [np.zeros(input_shape(by_name[n], args.batch, dims), by_name[n].dtype)
-                  for n in module.input_names()]
-        plan = module.memory_plan(*inputs)
+        plan = module.memory_plan(*step_inputs(module, args.batch, dims))
     if args.plot:
         plot(plan, args.plot, f"{os.path.basename(args.model.rstrip('/'))}, batch {args.batch}"
                               f"{', eval' if args.eval else ''}")
