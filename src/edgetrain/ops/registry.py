@@ -7,7 +7,9 @@ An op family file registers its ops with :func:`register`::
         return np.maximum(x, 0).astype(x.dtype, copy=False)
 
 * ``versions`` lists the ONNX schema ``since_version`` s the kernel implements. A model's opset is
-  resolved through ``onnx.defs`` to the schema in force; if that schema's version is not listed the
+  resolved to the schema in force through the table in ``schema_versions.py`` (generated from
+  ``onnx.defs``, whose first call costs ~6 MB of resident memory; ``onnx.defs`` itself only for
+  opsets newer than the table); if that schema's version is not listed the
   node is refused with :class:`UnsupportedOpError`. Behaviour that changed between versions is
   handled in the kernel by looking at ``ctx.version``.
 * ``infer(ctx, *types) -> list[TensorType]`` is the shape rule: from the input types (dtype, concrete
@@ -30,6 +32,7 @@ import onnx
 import onnx.defs
 
 from ..errors import OpError, UnsupportedOpError
+from .schema_versions import MAX_OPSET, SINCE
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,17 @@ def _norm_domain(domain: str) -> str:
     return "" if domain in ("", "ai.onnx") else domain
 
 
+def schema_version(op_type: str, opset: int) -> int | None:
+    """The ``since_version`` of the default-domain schema of ``op_type`` in force at ``opset``."""
+    known = SINCE.get(op_type)
+    if known is not None and opset <= MAX_OPSET:
+        return max((v for v in known if v <= opset), default=None)
+    try:
+        return onnx.defs.get_schema(op_type, opset, "").since_version
+    except onnx.defs.SchemaError:
+        return None
+
+
 def lookup(op_type: str, domain: str, opset: int | None, node_name: str) -> tuple[OpDef, int]:
     """The op definition for a node, and the schema version in force at ``opset``."""
     domain = _norm_domain(domain)
@@ -183,10 +197,7 @@ def lookup(op_type: str, domain: str, opset: int | None, node_name: str) -> tupl
     if domain != "":  # our own domains: versions are ours
         version = max((v for v in opdef.versions if v <= opset), default=None)
     else:
-        try:
-            version = onnx.defs.get_schema(op_type, opset, domain).since_version
-        except onnx.defs.SchemaError:
-            version = None
+        version = schema_version(op_type, opset)
     if version is None or version not in opdef.versions:
         raise UnsupportedOpError(
             op_type, domain, opset, node_name, supported_ops(domain),
