@@ -117,6 +117,29 @@ def test_training_is_bit_identical_with_every_memory_setting(tmp_path, name):
         assert plan.placement.arena <= 1.10 * plan.placement.lower_bound + 4096
 
 
+def test_chunks_split_the_batch_evenly_or_overlap_the_last():
+    from edgetrain.runtime.prefix import chunk_size, chunk_starts
+    assert chunk_size(100, 16, 300) == 2      # 3 fit; 2 splits 16 evenly (one plan, one arena)
+    assert chunk_size(100, 15, 300) == 3
+    assert chunk_size(100, 17, 500) == 5      # nothing in 3..5 divides 17: overlap instead
+    assert chunk_size(100, 4, 10 ** 6) == 4 and chunk_size(10 ** 6, 4, 1) == 1
+    assert chunk_starts(17, 5) == [0, 5, 10, 12] and chunk_starts(16, 2) == list(range(0, 16, 2))
+    assert chunk_starts(3, 3) == [0]
+
+
+def test_overlapping_last_chunk_is_bit_identical(tmp_path, monkeypatch):
+    import edgetrain.runtime.prefix as prefix
+    run = MANIFEST["runs"]["cnn_sgd_frozen_last"]
+    ref_losses, ref_state, _ = _train(run, tmp_path / "ref", 2, chunk_frozen=False)
+    monkeypatch.setattr(prefix, "chunk_size", lambda per, batch, budget: 3)  # 8 = 3 + 3 + 2
+    losses, state, module = _train(run, tmp_path / "chunked", 2)
+    assert set(module._prefix._chunk.values()) == {3}
+    assert len(module._prefix.session._plans) == 1  # one chunk shape, one arena
+    assert [l.tobytes() for l in losses] == [l.tobytes() for l in ref_losses]
+    for k, p in ref_state.parameters.items():
+        np.testing.assert_array_equal(state.parameters[k].data, p.data)
+
+
 def test_recompute_keeps_less_and_kernels_write_in_place(tmp_path):
     run = MANIFEST["runs"]["cnn_sgd_frozen"]
     data = np.load(GOLDEN / run["data"])

@@ -125,7 +125,23 @@ def split_frozen_prefix(graph: Graph, types: Mapping[str, TensorType], batch_inp
 
 
 def chunk_size(arena_per_sample: int, batch: int, budget: int) -> int:
-    return max(1, min(batch, budget // max(arena_per_sample, 1)))
+    """Samples per chunk: as many as ``budget`` holds, or fewer to split the batch evenly (down to
+    half as many), since every chunk size is a plan with an arena of its own; when no size in
+    that range divides the batch, :func:`chunk_starts` overlaps the last chunk instead."""
+    most = max(1, min(batch, budget // max(arena_per_sample, 1)))
+    for k in range(most, (most + 1) // 2 - 1, -1):
+        if batch % k == 0:
+            return k
+    return most
+
+
+def chunk_starts(batch: int, step: int) -> list[int]:
+    """Where each chunk of ``step`` samples starts; the last one ends at the batch's end and may
+    overlap the one before (its samples are computed twice, to the same bits)."""
+    starts = list(range(0, batch - step + 1, step))
+    if starts[-1] + step < batch:
+        starts.append(batch - step)
+    return starts
 
 
 class ChunkedPrefix:
@@ -149,7 +165,7 @@ class ChunkedPrefix:
         key = tuple((k, mine[k].shape, mine[k].dtype.str) for k in self.split.batch_inputs)
         if key not in self._chunk:
             one = {k: (v[:1] if k in self.split.batch_inputs else v) for k, v in mine.items()}
-            per_sample = self.session.plan_for(one).plan.placement.arena \
+            per_sample = self.session.memory_plan(one).placement.arena \
                 if self.session.planned else 0
             self._chunk[key] = chunk_size(per_sample, batch, self.budget)
         return self._chunk[key]
@@ -166,7 +182,7 @@ class ChunkedPrefix:
         key = tuple((k, mine[k].shape, mine[k].dtype.str) for k in self.split.batch_inputs)
         step = self.chunk(feeds)
         outs = None
-        for lo in range(0, batch, step):
+        for lo in chunk_starts(batch, step):
             part = {k: (v[lo:lo + step] if k in self.split.batch_inputs else v)
                     for k, v in mine.items()}
             got = self.session.run(self.split.frontier, part)

@@ -12,6 +12,7 @@ from ..graph.infer import Inferred, Step, as_outputs, describe_types, infer
 from ..graph.ir import Graph, Value
 from ..graph.load import ModelLike, load_graph
 from ..ops.registry import TensorType
+from ..plan import Plan, make_plan
 from .executor import Executor
 
 
@@ -170,6 +171,18 @@ class InferenceSession:
                 return self.plan_for(feeds)
             self._plans[key] = plan
         return plan
+
+    def memory_plan(self, feeds: Mapping[str, np.ndarray]) -> Plan:
+        """The memory plan of a run on feeds like these: the cached executor's when there is
+        one, else made without allocating its arena (nor caching anything)."""
+        plan = self._plans.get(_signature(feeds, self._by_value))
+        if isinstance(plan, Executor):
+            return plan.plan
+        try:
+            return make_plan(self.graph, signature_of(feeds, self._by_value),
+                             inplace=self.inplace, recompute=self.recompute)
+        except ConstantRequiredError:  # planning needs an input's value: plan_for finds which
+            return self.plan_for(feeds).plan
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]
             ) -> list[np.ndarray]:

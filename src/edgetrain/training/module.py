@@ -12,7 +12,6 @@ from ..graph.ir import Graph, Value
 from ..graph.load import load_graph
 from ..graph.infer import infer
 from ..runtime.prefix import ChunkedPrefix, split_frozen_prefix
-from ..plan import make_plan
 from ..runtime.session import InferenceSession, check_feeds, signature_of
 from .checkpoint import CheckpointError, CheckpointState, atomic_write
 from .graphs import META_KEY, ArtifactError, Roles
@@ -204,10 +203,7 @@ class Module:
                 feeds[y] = np.zeros((batch,) + t.shape[1:], t.dtype)
             session = self._rest_session
         feeds = check_feeds(session.graph, feeds)
-        executor = session.plan_for(feeds) if session.planned else None
-        plan = executor.plan if executor is not None else make_plan(
-            session.graph, signature_of(feeds, session._by_value), inplace=session.inplace,
-            recompute=session.recompute)
+        plan = session.memory_plan(feeds)
         nbytes = {k: int(np.asarray(self._state._tensors[k]).nbytes) for k in r.params + r.buffers}
         state = {"parameters": sum(nbytes[k] for k in r.params),
                  "buffers (BatchNorm statistics)": sum(nbytes[k] for k in r.buffers)}
