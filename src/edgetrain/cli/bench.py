@@ -102,11 +102,8 @@ def run_job(artifact_dir: str, batches: list[np.ndarray], steps: int, *, warmup:
     module.train()
     result = {"load_s": round(time.perf_counter() - t0, 3)}
 
-    def step(i: int):
-        loss = module(*[b[i % len(b)] for b in batches])
-        optimizer.step()
-        module.lazy_reset_grad()
-        return loss
+    def step(i: int):  # = module(...); optimizer.step(); module.lazy_reset_grad()
+        return optimizer.train_step(*[b[i % len(b)] for b in batches])
 
     result.update(StepTimer(warmup, steps).run(step))
     result["threads"] = numpy_blas()

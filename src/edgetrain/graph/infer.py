@@ -115,7 +115,8 @@ def infer(graph: Graph, signature: dict[str, TensorType], *,
                 raise ShapeError(f"{node.op_type} node {node.name!r}: cannot infer output shapes "
                                  f"from inputs {describe_types(ins)}: {type(e).__name__}: {e}"
                                  ) from e
-            if not all(t.value is not None for t in outs[:len(node.outputs)]):
+            # a step unless every output is known (a node without outputs acts by its effect)
+            if not node.outputs or not all(t.value is not None for t in outs[:len(node.outputs)]):
                 steps.append(Step(node, opdef, ctx))
         if len(outs) < sum(1 for o in node.outputs if o):
             raise ShapeError(f"{node.op_type} node {node.name!r} has {len(node.outputs)} outputs "

@@ -112,6 +112,7 @@ class OpDef:
     kernel: KernelFn
     foldable: bool = True
     any_dtype: bool = False
+    mutates: int | None = None  # the kernel writes this input in place (an optimizer update)
 
 
 _REGISTRY: dict[tuple[str, str], OpDef] = {}
@@ -152,15 +153,18 @@ def differentiable_ops() -> list[str]:
 
 
 def register(op_type: str, *, versions: Sequence[int], infer: InferFn, domain: str = "",
-             foldable: bool = True, any_dtype: bool = False) -> Callable[[KernelFn], KernelFn]:
-    """Register ``kernel`` for ``op_type`` (decorator). One registration per op and domain."""
+             foldable: bool = True, any_dtype: bool = False, mutates: int | None = None
+             ) -> Callable[[KernelFn], KernelFn]:
+    """Register ``kernel`` for ``op_type`` (decorator). One registration per op and domain.
+    ``mutates=k``: the kernel writes input k in place; the planner runs it after every other
+    reader of that input (and of views of it), and it is never folded."""
 
     def deco(kernel: KernelFn) -> KernelFn:
         key = (domain, op_type)
         if key in _REGISTRY:
             raise RuntimeError(f"op {op_type!r} in domain {domain!r} registered twice")
-        _REGISTRY[key] = OpDef(op_type, domain, tuple(sorted(versions)), infer, kernel, foldable,
-                               any_dtype)
+        _REGISTRY[key] = OpDef(op_type, domain, tuple(sorted(versions)), infer, kernel,
+                               foldable and mutates is None, any_dtype, mutates)
         return kernel
 
     return deco

@@ -10,6 +10,7 @@ from ..graph.infer import Inferred, infer
 from ..graph.ir import Graph
 from ..ops.registry import ET_DOMAIN, TensorType
 from .lifetimes import Buffer, analyze, nbytes
+from .mutation import settle
 from .placement import Placement, place
 from .recompute import SUFFIX, recompute as recompute_cheap
 
@@ -72,7 +73,8 @@ def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, Tens
     """The plan of the steps ``infer`` gave for ``signature``.
 
     ``inplace``: elementwise ops write over an input that dies there. ``recompute``: cheap
-    activations are computed again in backward rather than kept (:mod:`.recompute`).
+    activations are computed again in backward rather than kept (:mod:`.recompute`). Steps that
+    update a parameter in place run as soon as they safely can (:mod:`.mutation`).
     """
     external = set(signature) | set(graph.initializers) | set(inferred.constants)
     # values NumPy cannot hold in raw bytes (strings) live on the heap, outside the arena
@@ -83,6 +85,8 @@ def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, Tens
     n_recomputed = 0
     if recompute:
         inferred, n_recomputed = recompute_cheap(inferred, seed, external, outputs)
+    if any(s.opdef.mutates is not None for s in inferred.steps):  # optimizer updates, early
+        inferred = Inferred(inferred.types, settle(inferred.steps), inferred.constants)
     steps = inferred.steps
     buffers, owner = analyze(steps, inferred.types, outputs, external, inplace=inplace,
                              backward_from=seed)

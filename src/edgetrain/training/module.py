@@ -14,6 +14,7 @@ from ..graph.infer import infer
 from ..runtime.prefix import ChunkedPrefix, split_frozen_prefix
 from ..runtime.session import InferenceSession, check_feeds, signature_of
 from .checkpoint import CheckpointError, CheckpointState, atomic_write
+from .fused import UpdateHook, fused_graph
 from .graphs import META_KEY, ArtifactError, Roles
 
 
@@ -81,6 +82,8 @@ class Module:
         self._chunk_budget = int(chunk_budget_mb * 2 ** 20)
         self._prefix: ChunkedPrefix | None | bool = None if chunk_frozen and planned else False
         self._rest_session: InferenceSession | None = None
+        self._fused: dict[tuple[int, int], InferenceSession] = {}  # see _fused_session
+        self._plan_hook = UpdateHook()  # memory_plan(fused=True) plans, never runs, with it
 
     # --- state ---------------------------------------------------------------------------------
     def _check_state(self) -> None:
@@ -155,10 +158,15 @@ class Module:
                 raise ArtifactError("eval() needs the eval model: Module(train, state, eval_model)")
             outs = self._eval_session.run(self._roles.outputs, feeds)
             return outs[0] if len(outs) == 1 else outs
+        return self._train_step(feeds)
+
+    def _train_step(self, feeds: dict[str, np.ndarray], hook: UpdateHook | None = None):
+        """A training step; with ``hook``, the fused step (each parameter handed to the hook as
+        soon as its gradient is final, no gradient kept), else gradients stored or added."""
         r = self._roles
         if r.rng_step:
             feeds[r.rng_step] = np.asarray(self._state.train_step, dtype=np.int64)
-        grads = [r.gradients[p] for p in r.trainable]
+        grads = [] if hook else [r.gradients[p] for p in r.trainable]
         updates = list(r.buffer_updates.items())
         session = self._train_session
         if self._prefix is None:
@@ -166,6 +174,8 @@ class Module:
         if self._prefix:
             feeds.update(self._prefix.run(feeds))
             session = self._rest_session
+        if hook:
+            session = self._fused_session(session, hook)
         outs = session.run(r.outputs + grads + [u for _, u in updates], feeds)
         n = len(r.outputs)
         # commit only after the whole step succeeded
@@ -174,15 +184,28 @@ class Module:
                 self._state._grads[p] = np.array(g)
             else:
                 self._state._grads[p] += g
-        self._reset_pending = False
+        if hook:
+            self._state._grads.clear()  # applied: nothing left for optimizer.step()
+        self._reset_pending = bool(hook)
         for (b, _), new in zip(updates, outs[n + len(grads):]):
             self._state._tensors[b][...] = new
         self._state.train_step += 1
         return outs[0] if n == 1 else outs[:n]
 
-    def memory_plan(self, *inputs, **named):
+    def _fused_session(self, base: InferenceSession, hook: UpdateHook) -> InferenceSession:
+        """The fused variant of the session ``base`` (built once per base session and hook)."""
+        key = (id(base), id(hook))
+        if key not in self._fused:
+            r = self._roles
+            graph = fused_graph(base.graph, {p: r.gradients[p] for p in r.trainable}, hook)
+            self._fused[key] = InferenceSession(graph, dynamic=base._dynamic, **self._knobs)
+        return self._fused[key]
+
+    def memory_plan(self, *inputs, fused: bool = True, **named):
         """The memory plan (:class:`edgetrain.plan.Plan`) of a step on inputs like these, in the
-        current mode: arena, lower bound, largest tensors; ``.report()`` prints it."""
+        current mode: arena, lower bound, largest tensors; ``.report()`` prints it. ``fused``:
+        the step of ``optimizer.train_step`` (parameters updated as soon as their gradients are
+        final; what the Trainer runs), else that of ``module(...)`` (gradients kept)."""
         feeds = self._feeds(inputs, named)
         feeds.update(self._state_feeds())
         r, training = self._roles, self.training or self._eval_session is None
@@ -202,13 +225,17 @@ class Module:
                 t = chunk_plan.inferred.types[y]
                 feeds[y] = np.zeros((batch,) + t.shape[1:], t.dtype)
             session = self._rest_session
+        fused = fused and training
+        if fused:
+            session = self._fused_session(session, self._plan_hook)
         feeds = check_feeds(session.graph, feeds)
         plan = session.memory_plan(feeds)
         nbytes = {k: int(np.asarray(self._state._tensors[k]).nbytes) for k in r.params + r.buffers}
         state = {"parameters": sum(nbytes[k] for k in r.params),
                  "buffers (BatchNorm statistics)": sum(nbytes[k] for k in r.buffers)}
-        if training:
+        if training and not fused:
             state["gradients (kept for the optimizer)"] = sum(nbytes[k] for k in r.trainable)
+        if training:
             moments = (self._state.optimizer or {}).get("moments", {})
             state["optimizer state"] = int(sum(np.asarray(v).nbytes for per in moments.values()
                                                for v in per.values()))

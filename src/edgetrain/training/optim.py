@@ -23,6 +23,7 @@ import onnx
 from onnx import helper
 
 from ..errors import EdgetrainError
+from .fused import UpdateHook
 
 META_KEY = "edgetrain.optimizer"
 
@@ -204,6 +205,7 @@ class Optimizer:
         self._st = state.optimizer
         self._st.setdefault("moments", {})
         self._update = UPDATES[type(self.config)]
+        self._hook = UpdateHook()  # what the fused step's ApplyUpdate nodes call
 
     @property
     def step_count(self) -> int:
@@ -234,12 +236,49 @@ class Optimizer:
             if norm > clip:
                 coef = clip / (norm + 1e-6)
                 grads = [g * g.dtype.type(coef) for g in grads]
-        t = self.step_count + 1
-        lr = self.get_learning_rate()
-        moments = self._st["moments"]
+        apply = self._applier()
         for k, g in zip(names, grads):
+            apply(k, g)
+        self._st["step"] += 1
+
+    def _applier(self):
+        """``apply(name, grad)``: this step's update of one parameter (and its moments)."""
+        state, moments = self.module._state, self._st["moments"]
+        t, lr = self.step_count + 1, self.get_learning_rate()
+
+        def apply(k: str, g: np.ndarray) -> None:
             per = {m: d[k] for m, d in moments.items() if k in d}
             self._update(self.config, state._tensors[k], g, per, lr, t)
             for m, a in per.items():
                 moments.setdefault(m, {})[k] = a
-        self._st["step"] = t
+        return apply
+
+    def train_step(self, *inputs, **named):
+        """One training step and update: ``loss = module(*inputs); optimizer.step();
+        module.lazy_reset_grad()``, to the same bits, with less memory: each parameter is
+        updated as soon as its gradient is final and nothing else reads it, so a gradient lives
+        briefly and none is kept for the optimizer. Returns what ``module(...)`` returns.
+
+        Falls back to the three calls when the update needs every gradient first
+        (``max_grad_norm``) or when gradients are accumulating (``module(...)`` ran since the
+        last reset). Bad inputs are refused before anything runs; but should a kernel fail
+        midway (a bug, out of memory), parameters updated before it stay updated: reload the
+        last checkpoint."""
+        m = self.module
+        if not m.training:
+            raise OptimizerError("train_step needs the module in training mode (module.train())")
+        if getattr(self.config, "max_grad_norm", None) is not None or (
+                m._state._grads and not m._reset_pending):
+            out = m(*inputs, **named)
+            self.step()
+            m.lazy_reset_grad()
+            return out
+        feeds = m._feeds(inputs, named)
+        feeds.update(m._state_feeds())
+        self._hook.fn = self._applier()
+        try:
+            out = m._train_step(feeds, self._hook)
+        finally:
+            self._hook.fn = None
+        self._st["step"] += 1
+        return out

@@ -155,10 +155,8 @@ class Trainer:
 
     # --- steps and metrics -----------------------------------------------------------------------
     def _train_step(self, feeds: dict, real: int) -> dict:
-        out = self.module(**feeds)
+        out = self.optimizer.train_step(**feeds)  # = module(...); step(); lazy_reset_grad()
         outs = out if isinstance(out, list) else [out]
-        self.optimizer.step()
-        self.module.lazy_reset_grad()
         loss, s = float(outs[0]), self._sums
         s["loss"], s["n"] = s["loss"] + loss * real, s["n"] + real
         c = self._logits_at and correct(outs[self._logits_at], feeds.get(self._label), real)
