@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--knobs", default="{}", help="edgetrain Module options as JSON, e.g. "
+                                                  "'{\"memory_budget_mb\": 90}'")
     a = ap.parse_args(argv)
     with open(os.path.join(a.model_dir, "spec.json")) as f:
         spec = json.load(f)
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
             kw = dict(warmup=a.warmup, lr=a.lr)
             if a.engine == "edgetrain":
                 out.update(eng.run_job(model, spec["trainable_onnx"], batches, a.steps,
-                                       artifact_dir=a.artifacts, **kw))
+                                       artifact_dir=a.artifacts, knobs=json.loads(a.knobs),
+                                       **kw))
             elif a.engine.startswith("torch"):
                 out.update(eng.run_job(spec, os.path.join(a.model_dir, "weights.npz"), batches,
                                        a.steps, threads=a.threads,

@@ -124,6 +124,8 @@ def test_bench_measures_training_in_its_own_process(capsys, tmp_path):
     assert m["peak_rss_mb"] >= m["rss_loaded_mb"] > 0 and m["plan"]["arena_bytes"] > 0
     code, out, _ = run(capsys, "bench", CNN, "--batch", 2, "--steps", 1, "--last", 1)
     assert code == 0 and "samples/s" in out and "peak resident" in out and "arena" in out
+    code, out, _ = run(capsys, "bench", MLP, "--batch", 8, "--steps", 1, "--micro-batch", 2)
+    assert code == 0 and "micro-batches of 2" in out
     assert run(capsys, "artifacts", MLP, "--out", tmp_path, "--json")[0] == 0
     (tmp_path / "optimizer_model.onnx").unlink()
     code, _, err = run(capsys, "bench", tmp_path)
@@ -150,6 +152,17 @@ def test_bench_batches_respect_class_count_and_vocabulary(tmp_path):
     ids, labels = batches.values()
     assert ids.shape == (4, 64, 5) and ids.max() == 6 and ids.min() == 0
     assert labels.shape == (4, 64) and labels.max() == 2
+
+
+def test_train_memory_budget_refuses_with_the_least_it_needs(capsys, tmp_path):
+    assert run(capsys, "artifacts", MLP, "--out", tmp_path / "art")[0] == 0
+    _data(tmp_path / "d.npz")
+    code, _, err = run(capsys, "train", tmp_path / "art", tmp_path / "d.npz", "--batch-size", 8,
+                       "--memory-budget", 0.01, "--quiet")
+    one_line_error(code, err, "budget of 0.0 MiB", "the least it can reach")
+    code, out, _ = run(capsys, "train", tmp_path / "art", tmp_path / "d.npz", "--batch-size", 8,
+                       "--memory-budget", 100, "--json")
+    assert code == 0 and json.loads(out)["history"]
 
 
 def _data(path, width=20, n=40):

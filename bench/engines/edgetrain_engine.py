@@ -24,7 +24,8 @@ def prepare(model_path: str, trainable: list[str] | None, artifact_dir: str) -> 
 
 
 def run_job(model_path: str, trainable: list[str] | None, batches, steps: int, *,
-            warmup: int = 1, lr: float = 1e-3, artifact_dir: str | None = None) -> dict:
+            warmup: int = 1, lr: float = 1e-3, artifact_dir: str | None = None,
+            knobs: dict | None = None) -> dict:
     """Train ``model_path`` for ``warmup + steps`` steps on ``batches`` (``(x, y)`` with a
     leading step axis; step i uses batch i modulo their number) and return the measurements.
 
@@ -39,6 +40,7 @@ def run_job(model_path: str, trainable: list[str] | None, batches, steps: int, *
     import edgetrain
     from edgetrain.cli.bench import run_job as train_steps
     result["import_s"] = round(time.perf_counter() - t0, 3)
-    result.update(train_steps(artifact_dir, list(batches), steps, warmup=warmup, lr=lr))
+    result.update(train_steps(artifact_dir, list(batches), steps, warmup=warmup, lr=lr,
+                              **(knobs or {})))
     result["versions"] = {"edgetrain": getattr(edgetrain, "__version__", "?")}
     return result

@@ -46,6 +46,9 @@ def add_parser(sub) -> None:
                    help="untimed steps first (default 1; the first step plans)")
     p.add_argument("--threads", type=int, help="BLAS threads (default: NumPy's BLAS default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated batches")
+    p.add_argument("--memory-budget", type=float, metavar="MB",
+                   help="Module(memory_budget_mb=MB): micro-batches that fit, or refused")
+    p.add_argument("--micro-batch", type=int, metavar="K", help="Module(micro_batch=K)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -86,17 +89,18 @@ def make_batches(module, batch: int, dims: dict[str, int], seed: int) -> dict[st
 
 
 def run_job(artifact_dir: str, batches: list[np.ndarray], steps: int, *, warmup: int = 1,
-            lr: float = 1e-3) -> dict:
+            lr: float = 1e-3, **knobs) -> dict:
     """Load the artifacts in ``artifact_dir`` and train ``warmup + steps`` steps, step i on
     ``[b[i % len(b)] for b in batches]`` (inputs in the Module's order); the measurements
-    (:class:`edgetrain.measure.StepTimer`'s, plus load time and the BLAS)."""
+    (:class:`edgetrain.measure.StepTimer`'s, plus load time and the BLAS). ``knobs``: Module
+    options (memory_budget_mb, micro_batch...)."""
     from ..api import CheckpointState, Module, Optimizer
     from ..measure import StepTimer, numpy_blas
 
     t0 = time.perf_counter()
     art = lambda name: os.path.join(artifact_dir, name)  # noqa: E731
     state = CheckpointState.load_checkpoint(art("checkpoint"))
-    module = Module(art("training_model.onnx"), state, art("eval_model.onnx"))
+    module = Module(art("training_model.onnx"), state, art("eval_model.onnx"), **knobs)
     optimizer = Optimizer(art("optimizer_model.onnx"), module)
     optimizer.set_learning_rate(lr)
     module.train()
@@ -107,16 +111,18 @@ def run_job(artifact_dir: str, batches: list[np.ndarray], steps: int, *, warmup:
 
     result.update(StepTimer(warmup, steps).run(step))
     result["threads"] = numpy_blas()
+    result["micro_batch"] = max(module._micro._sizes.values(), default=0) or None
     return result
 
 
 def _worker(argv: list[str]) -> int:
-    """The measuring process: ``python -m edgetrain.cli.bench ART DATA STEPS WARMUP LR``."""
-    art, data, steps, warmup, lr = argv
+    """The measuring process: ``python -m edgetrain.cli.bench ART DATA STEPS WARMUP LR KNOBS``
+    (KNOBS: Module options as JSON)."""
+    art, data, steps, warmup, lr, knobs = argv
     with np.load(data) as z:
         batches = [z[f"arr_{i}"] for i in range(len(z.files))]  # the Module's input order
     print(RESULT + json.dumps(run_job(art, batches, int(steps), warmup=int(warmup),
-                                      lr=float(lr))), flush=True)
+                                      lr=float(lr), **json.loads(knobs))), flush=True)
     return 0
 
 
@@ -125,8 +131,10 @@ def _measure(art: str, data: str, args) -> dict:
     if args.threads:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(args.threads)
+    knobs = {k: v for k, v in (("memory_budget_mb", args.memory_budget),
+                               ("micro_batch", args.micro_batch)) if v is not None}
     cmd = [sys.executable, "-m", "edgetrain.cli.bench", art, data, str(args.steps),
-           str(args.warmup), str(args.lr)]
+           str(args.warmup), str(args.lr), json.dumps(knobs)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in r.stdout.splitlines():
         if line.startswith(RESULT):
@@ -149,7 +157,8 @@ def report(args, m: dict, plan: dict) -> str:
              f"{plan['lower_bound_bytes'] * mib:.2f} MiB); "
              + ", ".join(f"{k} {v * mib:.2f} MiB"
                          for k, v in plan["outside_arena_bytes"].items() if v),
-             f"loss: {losses[0]:.5g} -> {losses[-1]:.5g}; load {m['load_s']:.2f} s",
+             f"loss: {losses[0]:.5g} -> {losses[-1]:.5g}; load {m['load_s']:.2f} s"
+             + (f"; micro-batches of {m['micro_batch']}" if m.get("micro_batch") else ""),
              f"BLAS: {t.get('blas')} {t.get('blas_version') or ''}, "
              f"{t.get('blas_threads') or '?'} threads"]
     if m.get("other_load_cores", 0) > 0.25:

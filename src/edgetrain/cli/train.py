@@ -33,6 +33,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in --checkpoint-dir")
     p.add_argument("--validation", metavar="DATA", help="an .npz evaluated after each epoch")
+    p.add_argument("--memory-budget", type=float, metavar="MB",
+                   help="the most a step may plan (arena, parameters, gradients, optimizer "
+                        "state, batch; the interpreter comes on top): larger batches run as "
+                        "micro-batches that fit, or the run is refused with the least it needs")
     p.add_argument("--quiet", action="store_true", help="no progress or per-epoch lines")
     p.add_argument("--json", action="store_true", help="machine-readable summary only")
 
@@ -60,7 +64,8 @@ def train_main(args) -> int:
     trainer = Trainer(args.artifacts, checkpoint_dir=ckpt_dir, checkpoint_every=args.every,
                       keep_last=args.keep, seed=args.seed, batch_size=args.batch_size,
                       shuffle=not args.no_shuffle, last_batch=args.last_batch,
-                      quiet=args.quiet or args.json, progress=False if args.json else None)
+                      quiet=args.quiet or args.json, progress=False if args.json else None,
+                      memory_budget_mb=args.memory_budget)
     history = trainer.fit(args.data, epochs=args.epochs, resume=args.resume,
                           validation_data=args.validation)
     newest = trainer.checkpoints()[-1][1] if trainer.checkpoints() else None

@@ -266,6 +266,9 @@ class Roles:
     buffer_updates: dict[str, str] = field(default_factory=dict)  # buffer -> output
     rng_step: str = ""
     model_outputs: list[str] = field(default_factory=list)        # the inference outputs
+    # how the batch loss combines the losses of micro-batches (Loss.batch_split); None: it
+    # cannot be split (custom loss, reduction "none", or artifacts older than the field)
+    loss_split: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -323,7 +326,8 @@ def build_graphs(model: ModelLike | Graph, *, requires_grad: Sequence[str] | Non
         g, loss_name, labels = attach_loss(g, loss, loss_on)
         roles = Roles(user_inputs + [v.name for v in labels], [v.name for v in labels],
                       loss_name, [loss_name, *additional_output_names], params, trainable,
-                      buffers, rng_step=RNG_STEP if rng else "", model_outputs=model_outputs)
+                      buffers, rng_step=RNG_STEP if rng else "", model_outputs=model_outputs,
+                      loss_split=None if isinstance(loss, CustomLoss) else loss.batch_split())
         order = roles.outputs + ([] if train else  # eval keeps the model's outputs (export)
                                  [o for o in model_outputs if o not in roles.outputs])
         g = Graph(g.nodes, g.inputs, sorted([v for v in g.outputs if v.name in order],

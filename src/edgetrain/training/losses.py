@@ -51,6 +51,14 @@ class Loss:
     def build(self, b: NodeBuilder, output: str, label: str, dtype: np.dtype) -> str:
         raise NotImplementedError
 
+    def batch_split(self) -> dict | None:
+        """How the loss of a batch combines the losses of its parts (micro-batches): "sum" adds
+        them; "count" weighs each by its share of the samples; None: it does not split (no
+        scalar). Read by :mod:`edgetrain.training.microbatch`."""
+        if self.reduction == "sum":
+            return {"kind": "sum"}
+        return {"kind": "count"} if self.reduction in ("mean", "batchmean") else None
+
     # helpers for subclasses ------------------------------------------------------------------
     @staticmethod
     def scalar(b: NodeBuilder, value: float, dtype: np.dtype) -> str:
@@ -199,6 +207,13 @@ class NLLLoss(Loss):
 
     def add_smoothing(self, b, per, logp, valid, weight, dtype):
         return per
+
+    def batch_split(self) -> dict | None:
+        if self.reduction != "mean":
+            return super().batch_split()
+        # "mean" divides by the summed weights of the counted labels: a part weighs its own sum
+        weight = None if self.weight is None else [float(w) for w in np.ravel(self.weight)]
+        return {"kind": "label_weight", "ignore_index": int(self.ignore_index), "weight": weight}
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ..runtime.prefix import ChunkedPrefix, split_frozen_prefix
 from ..runtime.session import InferenceSession, check_feeds, signature_of
 from .checkpoint import CheckpointError, CheckpointState, atomic_write
 from .fused import UpdateHook, fused_graph
+from .microbatch import MicroBatcher
 from .graphs import META_KEY, ArtifactError, Roles
 
 
@@ -49,13 +50,23 @@ class Module:
       (a backbone under a trainable head), their forward runs a few samples at a time, in an
       arena of about ``chunk_budget_mb`` (default 4 MiB); the rest of the step reads their
       features from one full-batch buffer. A little more Python overhead per step.
-    All settings give bit-identical results. ``memory_plan()`` reports the plan.
+    * ``micro_batch=K``: a batch of more than K samples runs as micro-batches of K whose
+      gradients add up to the batch's; the step's arena is planned for K samples. Exact up to
+      float rounding (the parts' gradients are summed in another order), and only allowed when
+      the forward pass treats samples independently and the loss splits (checked; else an error
+      says what mixes the samples).
+    * ``memory_budget_mb``: the most the step may plan (arena, parameters, gradients,
+      optimizer state, inputs; the interpreter and libraries come on top). A batch over it runs
+      in the largest micro-batches that fit; when even one sample does not, the step is refused
+      before anything runs, with the least it needs.
+    All settings but the last two give bit-identical results. ``memory_plan()`` reports the plan.
     """
 
     def __init__(self, train_model_uri, state: CheckpointState, eval_model_uri=None,
                  device: str = "cpu", *, planned: bool = True, inplace: bool = True,
                  recompute: bool = True, chunk_frozen: bool = True,
-                 chunk_budget_mb: float = 4.0):
+                 chunk_budget_mb: float = 4.0, micro_batch: int | None = None,
+                 memory_budget_mb: float | None = None):
         if device != "cpu":
             raise ValueError(f"device {device!r}: edgetrain runs on the CPU ('cpu')")
         if not isinstance(state, CheckpointState):
@@ -84,6 +95,7 @@ class Module:
         self._rest_session: InferenceSession | None = None
         self._fused: dict[tuple[int, int], InferenceSession] = {}  # see _fused_session
         self._plan_hook = UpdateHook()  # memory_plan(fused=True) plans, never runs, with it
+        self._micro = MicroBatcher(self, micro_batch, memory_budget_mb)
 
     # --- state ---------------------------------------------------------------------------------
     def _check_state(self) -> None:
@@ -166,16 +178,12 @@ class Module:
         r = self._roles
         if r.rng_step:
             feeds[r.rng_step] = np.asarray(self._state.train_step, dtype=np.int64)
+        size = self._micro.size_for(feeds)
+        if size:
+            return self._micro.step(feeds, size, hook)
         grads = [] if hook else [r.gradients[p] for p in r.trainable]
         updates = list(r.buffer_updates.items())
-        session = self._train_session
-        if self._prefix is None:
-            self._split_prefix(feeds)
-        if self._prefix:
-            feeds.update(self._prefix.run(feeds))
-            session = self._rest_session
-        if hook:
-            session = self._fused_session(session, hook)
+        session = self._session_for(feeds, hook)
         outs = session.run(r.outputs + grads + [u for _, u in updates], feeds)
         n = len(r.outputs)
         # commit only after the whole step succeeded
@@ -191,6 +199,18 @@ class Module:
             self._state._tensors[b][...] = new
         self._state.train_step += 1
         return outs[0] if n == 1 else outs[:n]
+
+    def _session_for(self, feeds: dict[str, np.ndarray], hook: UpdateHook | None = None
+                     ) -> InferenceSession:
+        """The session a training step on ``feeds`` runs: after the frozen prefix (run here, its
+        features added to ``feeds``) when there is one, fused when given a hook."""
+        session = self._train_session
+        if self._prefix is None:
+            self._split_prefix(feeds)
+        if self._prefix:
+            feeds.update(self._prefix.run(feeds))
+            session = self._rest_session
+        return self._fused_session(session, hook) if hook else session
 
     def _fused_session(self, base: InferenceSession, hook: UpdateHook) -> InferenceSession:
         """The fused variant of the session ``base`` (built once per base session and hook)."""

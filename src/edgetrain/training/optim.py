@@ -206,6 +206,11 @@ class Optimizer:
         self._st.setdefault("moments", {})
         self._update = UPDATES[type(self.config)]
         self._hook = UpdateHook()  # what the fused step's ApplyUpdate nodes call
+        # the state it will keep, for a memory budget planned before the first step
+        slots = {"AdamW": 2, "Adam": 2, "TorchAdamW": 2}.get(kind, int(bool(
+            getattr(self.config, "momentum", 0))))
+        module._micro.state_bytes = slots * sum(
+            np.asarray(state._tensors[k]).nbytes for k in module._roles.trainable)
 
     @property
     def step_count(self) -> int:

@@ -53,9 +53,12 @@ class Trainer:
                  keep_last: int | None = 3, seed: int = 0, batch_size: int = 32,
                  shuffle: bool = True, last_batch: str = "drop", scheduler=None,
                  callbacks: Iterable[Callback] = (), progress: bool | None = None,
-                 quiet: bool = False, prefix: str = ""):
+                 quiet: bool = False, prefix: str = "", memory_budget_mb: float | None = None):
         if isinstance(model, (str, os.PathLike)):
-            model = _load_artifacts(os.fspath(model), prefix)
+            model = _load_artifacts(os.fspath(model), prefix, memory_budget_mb=memory_budget_mb)
+        elif memory_budget_mb is not None:
+            raise TypeError("memory_budget_mb is for an artifact directory; give a Module its "
+                            "own: Module(..., memory_budget_mb=...)")
         if not (isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], Module)
                 and isinstance(model[1], Optimizer) and model[1].module is model[0]):
             raise TypeError("Trainer takes an artifact directory or a (Module, Optimizer of "
@@ -350,7 +353,7 @@ def _keyed(callbacks):
         yield f"{type(cb).__name__}#{seen[type(cb).__name__]}", cb
 
 
-def _load_artifacts(folder: str, prefix: str) -> tuple[Module, Optimizer]:
+def _load_artifacts(folder: str, prefix: str, **knobs) -> tuple[Module, Optimizer]:
     path = {n: os.path.join(folder, prefix + n) for n in ("training_model.onnx", "eval_model.onnx",
                                                          "optimizer_model.onnx", "checkpoint")}
     for name, p in path.items():
@@ -359,5 +362,5 @@ def _load_artifacts(folder: str, prefix: str) -> tuple[Module, Optimizer]:
                                "generate_artifacts(..., optimizer=...)")
     evalm = path["eval_model.onnx"] if os.path.isfile(path["eval_model.onnx"]) else None
     module = Module(path["training_model.onnx"],
-                    CheckpointState.load_checkpoint(path["checkpoint"]), evalm)
+                    CheckpointState.load_checkpoint(path["checkpoint"]), evalm, **knobs)
     return module, Optimizer(path["optimizer_model.onnx"], module)
