@@ -11,6 +11,7 @@ from ..graph.ir import Graph
 from ..ops.registry import ET_DOMAIN, TensorType
 from .lifetimes import Buffer, analyze, nbytes
 from .mutation import settle
+from .swap import SwapSettings, choose
 from .placement import Placement, place
 from .recompute import SUFFIX, recompute as recompute_cheap
 
@@ -24,6 +25,8 @@ class Plan:
     n_steps: int
     inferred: Inferred              # the steps planned (with recomputations, if any)
     recomputed: int = 0
+    swapped: int = 0                # values swapped to storage between forward and backward
+    swap_file: object = None        # their runtime.swap.SwapFile (opened when bound)
 
     def timeline(self) -> dict[str, np.ndarray]:
         """Arena bytes live at each step, by kind (activation, gradient, output)."""
@@ -62,19 +65,23 @@ class Plan:
 
 
 def make_plan(graph: Graph, signature: Mapping[str, TensorType], *, inplace: bool = True,
-              recompute: bool = True, variables=()) -> Plan:
+              recompute: bool = True, variables=(), swap: SwapSettings | None = None) -> Plan:
     """The plan of one run of ``graph`` for the input types in ``signature``."""
     inferred: Inferred = infer(graph, dict(signature), variables=variables)
-    return plan_inferred(graph, inferred, signature, inplace=inplace, recompute=recompute)
+    return plan_inferred(graph, inferred, signature, inplace=inplace, recompute=recompute,
+                         swap=swap)
 
 
 def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, TensorType], *,
-                  inplace: bool = True, recompute: bool = True) -> Plan:
+                  inplace: bool = True, recompute: bool = True,
+                  swap: SwapSettings | None = None) -> Plan:
     """The plan of the steps ``infer`` gave for ``signature``.
 
     ``inplace``: elementwise ops write over an input that dies there. ``recompute``: cheap
     activations are computed again in backward rather than kept (:mod:`.recompute`). Steps that
-    update a parameter in place run as soon as they safely can (:mod:`.mutation`).
+    update a parameter in place run as soon as they safely can (:mod:`.mutation`). ``swap``:
+    activations go to storage between forward and backward until the plan fits its target
+    (:mod:`.swap`).
     """
     external = set(signature) | set(graph.initializers) | set(inferred.constants)
     # values NumPy cannot hold in raw bytes (strings) live on the heap, outside the arena
@@ -87,6 +94,15 @@ def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, Tens
         inferred, n_recomputed = recompute_cheap(inferred, seed, external, outputs)
     if any(s.opdef.mutates is not None for s in inferred.steps):  # optimizer updates, early
         inferred = Inferred(inferred.types, settle(inferred.steps), inferred.constants)
+    swap_file, n_swapped = None, 0
+    if swap is not None:
+        from ..runtime.swap import SwapFile
+        swap_file = SwapFile(swap.directory)
+        inferred, n_swapped = choose(inferred, outputs, external, seed, inplace=inplace,
+                                     target=swap.target, lookahead=swap.lookahead,
+                                     min_bytes=swap.min_bytes, swap_file=swap_file)
+        if not n_swapped:
+            swap_file = None
     steps = inferred.steps
     buffers, owner = analyze(steps, inferred.types, outputs, external, inplace=inplace,
                              backward_from=seed)
@@ -98,4 +114,5 @@ def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, Tens
         "inputs": sum(nbytes(inferred.types[k]) for k in signature),
         "constants": int(sum(np.asarray(v).nbytes for v in inferred.constants.values())),
     }
-    return Plan(buffers, owner, placement, sizes, len(steps), inferred, n_recomputed)
+    return Plan(buffers, owner, placement, sizes, len(steps), inferred, n_recomputed, n_swapped,
+                swap_file)

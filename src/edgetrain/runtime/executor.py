@@ -40,8 +40,11 @@ class Executor:
 
     @classmethod
     def build(cls, graph: Graph, inferred: Inferred, signature: Mapping[str, TensorType],
-              *, inplace: bool = True, recompute: bool = True) -> "Executor":
-        plan = plan_inferred(graph, inferred, signature, inplace=inplace, recompute=recompute)
+              *, inplace: bool = True, recompute: bool = True, swap=None) -> "Executor":
+        plan = plan_inferred(graph, inferred, signature, inplace=inplace, recompute=recompute,
+                             swap=swap)
+        if plan.swap_file is not None:
+            plan.swap_file.open()  # the file and its blocks, before anything runs
         inferred = plan.inferred
         arena = np.empty(max(plan.placement.arena, 1), np.uint8)
         views: dict[str, np.ndarray] = {}

@@ -143,6 +143,7 @@ class InferenceSession:
         # input); found on the first plan that needs them, then part of the plan's cache key
         self._by_value: set[str] = set()
         self._dynamic = set(dynamic)  # inputs never planned by value (labels, parameters...)
+        self.swap = None  # plan.swap.SwapSettings: activations to storage to fit a target
 
     def get_inputs(self) -> list[Value]:
         return list(self.graph.inputs)
@@ -155,7 +156,7 @@ class InferenceSession:
             return compile_run(self.graph, feeds, self._by_value)
         sig = signature_of(feeds, self._by_value)
         return Executor.build(self.graph, infer(self.graph, sig), sig, inplace=self.inplace,
-                              recompute=self.recompute)
+                              recompute=self.recompute, swap=self.swap)
 
     def plan_for(self, feeds: Mapping[str, np.ndarray]) -> CompiledRun | Executor:
         key = _signature(feeds, self._by_value)
@@ -180,7 +181,7 @@ class InferenceSession:
             return plan.plan
         try:
             return make_plan(self.graph, signature_of(feeds, self._by_value),
-                             inplace=self.inplace, recompute=self.recompute)
+                             inplace=self.inplace, recompute=self.recompute, swap=self.swap)
         except ConstantRequiredError:  # planning needs an input's value: plan_for finds which
             return self.plan_for(feeds).plan
 

@@ -162,7 +162,8 @@ class MicroBatcher:
     """A Module's micro-batching: decides per batch shape how many samples a part holds
     (``micro_batch``, or the largest part that fits ``budget_mb``) and runs the parts."""
 
-    def __init__(self, module, micro_batch: int | None, budget_mb: float | None):
+    def __init__(self, module, micro_batch: int | None, budget_mb: float | None,
+                 swap_dir: str | None = None, lookahead: int = 4):
         if micro_batch is not None and micro_batch < 1:
             raise MemoryBudgetError(f"micro_batch must be at least 1, not {micro_batch}")
         if budget_mb is not None and not budget_mb > 0:
@@ -171,6 +172,7 @@ class MicroBatcher:
         self.fixed = micro_batch
         self.budget = None if budget_mb is None else int(budget_mb * 2 ** 20)
         self.state_bytes = 0  # optimizer state to come (the Optimizer sets it)
+        self.swap_dir, self.lookahead = swap_dir, lookahead
         # the fused graph's ApplyUpdate nodes add each part's gradients into the batch's
         self.hook = UpdateHook()
         self._sizes: dict[tuple, int] = {}
@@ -185,16 +187,30 @@ class MicroBatcher:
             self._sizes[key] = self._decide(dict(feeds))
         return self._sizes[key]
 
-    def need(self, feeds: Mapping[str, np.ndarray], size: int) -> int:
+    def need(self, feeds: Mapping[str, np.ndarray], size: int, swap: bool = False) -> int:
         """Bytes a step planned for parts of ``size`` samples needs (what memory_plan counts,
-        with the whole batch's inputs and the optimizer state to come)."""
+        with the whole batch's inputs and the optimizer state to come); with ``swap``, when
+        activations go to storage to fit the budget (as far as they can)."""
         m, r = self.module, self.module._roles
         batch = len(feeds[r.inputs[0]])
         part = [np.asarray(feeds[n])[:size] for n in m.input_names()]
-        plan = m.memory_plan(*part, fused=False)
+        settings = None
+        if swap:
+            plain = m.memory_plan(*part, fused=False)
+            outside = self.need(feeds, size) - plain.placement.arena
+            settings = self.swap_settings(self.budget - outside)
+        m._set_swap(settings)
+        try:
+            plan = m.memory_plan(*part, fused=False)
+        finally:
+            m._set_swap(None)
         total = plan.placement.arena + sum(plan.external_bytes.values())
         total += sum(np.asarray(feeds[n]).nbytes for n in r.inputs) * (batch - size) // batch
         return total + max(0, self.state_bytes - plan.external_bytes.get("optimizer state", 0))
+
+    def swap_settings(self, arena_target: int):
+        from ..plan.swap import SwapSettings
+        return SwapSettings(max(int(arena_target * 0.98), 0), self.swap_dir, self.lookahead)
 
     def why_not(self, feeds: Mapping[str, np.ndarray]) -> str | None:
         """Why this step cannot run in micro-batches (None: it can)."""
@@ -214,14 +230,20 @@ class MicroBatcher:
         return why_not_separable(graph, list(r.model_outputs), users, types)
 
     def _decide(self, feeds: dict[str, np.ndarray]) -> int:
+        """Keep, swap, micro-batch, or micro-batch and swap: the first that fits the budget
+        (swapping is bit-identical, micro-batches are not). Sets the Module's swap."""
         m = self.module
         feeds.update(m._state_feeds())
         batch = len(feeds[m._roles.inputs[0]])
         mib = 1 / 2 ** 20
-        full = None
+        full = swapped = None
         if self.budget is not None:
             full = self.need(feeds, batch)
             if full <= self.budget:
+                return 0
+            swapped = self.need(feeds, batch, swap=True)
+            if swapped <= self.budget:
+                self._swap_for(feeds, batch)
                 return 0
         elif self.fixed >= batch:
             return 0
@@ -229,8 +251,9 @@ class MicroBatcher:
         if why:
             if full is not None:
                 raise MemoryBudgetError(
-                    f"the step on a batch of {batch} needs {full * mib:.1f} MiB, over the budget "
-                    f"of {self.budget * mib:.1f} MiB, and cannot run in micro-batches: {why}")
+                    f"the step on a batch of {batch} needs {full * mib:.1f} MiB, "
+                    f"{swapped * mib:.1f} MiB when it swaps activations to storage; the budget "
+                    f"is {self.budget * mib:.1f} MiB, and it cannot run in micro-batches: {why}")
             raise MemoryBudgetError(f"micro_batch={self.fixed}: cannot split this step: {why}")
         if self.budget is None:
             return min(self.fixed, batch)
@@ -238,11 +261,21 @@ class MicroBatcher:
         for k in sizes:
             if self.need(feeds, k) <= self.budget:
                 return k
-        least = self.need(feeds, 1)
+        for k in sizes:
+            if self.need(feeds, k, swap=True) <= self.budget:
+                self._swap_for(feeds, k)
+                return k
+        least = self.need(feeds, 1, swap=True)
         raise MemoryBudgetError(
             f"the step cannot fit a budget of {self.budget * mib:.1f} MiB: a batch of {batch} "
-            f"needs {full * mib:.1f} MiB, micro-batches of one sample {least * mib:.1f} MiB "
-            "(the least it can reach)")
+            f"needs {full * mib:.1f} MiB, micro-batches of one sample that swap activations "
+            f"{least * mib:.1f} MiB (the least it can reach)")
+
+    def _swap_for(self, feeds, size: int) -> None:
+        m = self.module
+        part = [np.asarray(feeds[n])[:size] for n in m.input_names()]
+        outside = self.need(feeds, size) - m.memory_plan(*part, fused=False).placement.arena
+        m._set_swap(self.swap_settings(self.budget - outside))
 
     def step(self, feeds: dict[str, np.ndarray], size: int, hook=None):
         """A training step over ``feeds`` in parts of ``size`` samples; gradients stored (or

@@ -56,17 +56,22 @@ class Module:
       the forward pass treats samples independently and the loss splits (checked; else an error
       says what mixes the samples).
     * ``memory_budget_mb``: the most the step may plan (arena, parameters, gradients,
-      optimizer state, inputs; the interpreter and libraries come on top). A batch over it runs
-      in the largest micro-batches that fit; when even one sample does not, the step is refused
-      before anything runs, with the least it needs.
-    All settings but the last two give bit-identical results. ``memory_plan()`` reports the plan.
+      optimizer state, inputs; the interpreter and libraries come on top). A step over it first
+      swaps activations to storage between forward and backward (bit-identical; a background
+      thread moves them ``swap_lookahead`` steps ahead of need, to a hidden file in ``swap_dir``,
+      default the temp directory), then runs in the largest micro-batches that fit (with swap
+      if need be); when nothing fits, the step is refused before anything runs, with the least
+      it needs.
+    All settings but the micro-batches give bit-identical results. ``memory_plan()`` reports
+    the plan.
     """
 
     def __init__(self, train_model_uri, state: CheckpointState, eval_model_uri=None,
                  device: str = "cpu", *, planned: bool = True, inplace: bool = True,
                  recompute: bool = True, chunk_frozen: bool = True,
                  chunk_budget_mb: float = 4.0, micro_batch: int | None = None,
-                 memory_budget_mb: float | None = None):
+                 memory_budget_mb: float | None = None, swap_dir: str | None = None,
+                 swap_lookahead: int = 4):
         if device != "cpu":
             raise ValueError(f"device {device!r}: edgetrain runs on the CPU ('cpu')")
         if not isinstance(state, CheckpointState):
@@ -95,7 +100,7 @@ class Module:
         self._rest_session: InferenceSession | None = None
         self._fused: dict[tuple[int, int], InferenceSession] = {}  # see _fused_session
         self._plan_hook = UpdateHook()  # memory_plan(fused=True) plans, never runs, with it
-        self._micro = MicroBatcher(self, micro_batch, memory_budget_mb)
+        self._micro = MicroBatcher(self, micro_batch, memory_budget_mb, swap_dir, swap_lookahead)
 
     # --- state ---------------------------------------------------------------------------------
     def _check_state(self) -> None:
@@ -200,6 +205,12 @@ class Module:
         self._state.train_step += 1
         return outs[0] if n == 1 else outs[:n]
 
+    def _set_swap(self, settings) -> None:
+        """Swap settings (plan.swap.SwapSettings or None) for the steps planned from now on."""
+        for s in (self._train_session, self._rest_session, *self._fused.values()):
+            if s is not None:
+                s.swap = settings
+
     def _session_for(self, feeds: dict[str, np.ndarray], hook: UpdateHook | None = None
                      ) -> InferenceSession:
         """The session a training step on ``feeds`` runs: after the frozen prefix (run here, its
@@ -219,6 +230,7 @@ class Module:
             r = self._roles
             graph = fused_graph(base.graph, {p: r.gradients[p] for p in r.trainable}, hook)
             self._fused[key] = InferenceSession(graph, dynamic=base._dynamic, **self._knobs)
+            self._fused[key].swap = base.swap
         return self._fused[key]
 
     def memory_plan(self, *inputs, fused: bool = True, **named):
