@@ -101,9 +101,9 @@ class StepTimer:
         timed = times[self.warmup:] or times
         return {"rss_loaded_mb": round(rss_loaded, 1), "peak_rss_mb": round(peak, 1),
                 "train_mb": round(peak - rss_loaded, 1),
-                "median_step_ms": round(1000 * statistics.median(timed), 2),
-                "min_step_ms": round(1000 * min(timed), 2),
-                "first_step_ms": round(1000 * times[0], 2),
+                "median_step_ms": round(1000 * statistics.median(timed), 2) if timed else None,
+                "min_step_ms": round(1000 * min(timed), 2) if timed else None,
+                "first_step_ms": round(1000 * times[0], 2) if times else None,
                 "step_ms": [round(1000 * t, 2) for t in times],
                 "warmup": self.warmup, "steps": self.steps, "losses": losses,
                 # CPU time other processes took while this one trained, in cores: the noise

@@ -112,6 +112,11 @@ def run_job(artifact_dir: str, batches: list[np.ndarray], steps: int, *, warmup:
     result.update(StepTimer(warmup, steps).run(step))
     result["threads"] = numpy_blas()
     result["micro_batch"] = max(module._micro._sizes.values(), default=0) or None
+    plans = [e.plan for s in (module._train_session, module._rest_session, *module._fused.values())
+             if s is not None for e in s._plans.values() if hasattr(e, "plan")]
+    result["swapped"] = max((p.swapped for p in plans), default=0)
+    result["swap_mb"] = round(max((p.swap_file.size for p in plans if p.swap_file), default=0)
+                              / 2 ** 20, 1)
     return result
 
 
