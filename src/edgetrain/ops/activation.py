@@ -68,6 +68,14 @@ def softplus(ctx, x):  # x: any shape -> same shape; log(1 + e^x) without overfl
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+def _erf_scaled(x: np.ndarray, x64: np.ndarray) -> np.ndarray:
+    """erf(x / sqrt(2)): float32 and float16 through the fast erf (1 ulp, then widened), others
+    in double precision from x64."""
+    if x.dtype in (np.float32, np.float16):
+        return erf(x, scale=1.0 / math.sqrt(2.0))
+    return erf(x64 / math.sqrt(2.0))
+
+
 @register("Gelu", versions=(20,), infer=same_as(0))
 def gelu(ctx, x):  # x: any shape -> same shape
     approximate = ctx.attr("approximate", "none")
@@ -78,7 +86,7 @@ def gelu(ctx, x):  # x: any shape -> same shape
     if approximate != "none":
         raise ctx.error(f"approximate={approximate!r} is not one of 'none', 'tanh'")
     x64 = x.astype(np.float64, copy=False)
-    return _keep(0.5 * x64 * (1.0 + erf(x64 / math.sqrt(2.0))), x.dtype)
+    return _keep(0.5 * x64 * (1.0 + _erf_scaled(x, x64)), x.dtype)
 
 
 @register("HardSigmoid", versions=(1, 6, 22), infer=same_as(0))
@@ -103,7 +111,7 @@ def _gelu_deriv(ctx, x):
         t = np.tanh(k * (x + c * x * x * x))
         return _c(x, 0.5) * (1 + t) + _c(x, 0.5) * x * (1 - t * t) * k * (1 + 3 * c * x * x)
     x64 = np.clip(x.astype(np.float64, copy=False), -40.0, 40.0)
-    return (0.5 * (1.0 + erf(x64 / math.sqrt(2.0)))
+    return (0.5 * (1.0 + _erf_scaled(x, x64))
             + x64 * np.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi))
 
 
@@ -184,10 +192,15 @@ def _rows(x: np.ndarray, axis: int, coerce: bool) -> tuple[np.ndarray, int]:
     return x.reshape(rows, -1), 1
 
 
-def _shifted(x: np.ndarray, axis: int) -> np.ndarray:
-    """x minus its max along axis, in at least float32 (float16 sums lose too much)."""
-    work = x.astype(np.promote_types(x.dtype, np.float32), copy=False)
-    return work - np.max(work, axis=axis, keepdims=True)
+def _work_out(ctx: OpContext, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The planned output, reshaped like the rows being normalized, when it can hold the working
+    values (x's type is already the working type); else a new array. Either way the same
+    C-contiguous layout, so reductions add in the same order and the bits are the same."""
+    out = planned(ctx)
+    work = np.promote_types(x.dtype, np.float32)
+    if out is not None and out.dtype == work and out.flags.c_contiguous:
+        return out.reshape(shape)
+    return np.empty(shape, work)
 
 
 @register("Softmax", versions=(1, 11, 13), infer=_softmax_rule)
@@ -195,7 +208,10 @@ def softmax(ctx, x):  # x: any shape -> same shape, rows along the axis sum to 1
     if x.size == 0:
         return x.copy()
     x2, axis = _as_2d(ctx, x)
-    e = np.exp(_shifted(x2, axis))
+    e = _work_out(ctx, x, x2.shape)
+    x2 = x2.astype(e.dtype, copy=False)  # float16 in float32 (its sums lose too much)
+    np.subtract(x2, np.max(x2, axis=axis, keepdims=True), out=e)
+    np.exp(e, out=e)
     e /= np.sum(e, axis=axis, keepdims=True)
     return _keep(e.reshape(x.shape), x.dtype)
 
@@ -205,7 +221,9 @@ def log_softmax(ctx, x):  # x: any shape -> same shape
     if x.size == 0:
         return x.copy()
     x2, axis = _as_2d(ctx, x)
-    s = _shifted(x2, axis)
+    s = _work_out(ctx, x, x2.shape)
+    x2 = x2.astype(s.dtype, copy=False)  # float16 in float32 (its sums lose too much)
+    np.subtract(x2, np.max(x2, axis=axis, keepdims=True), out=s)
     s -= np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
     return _keep(s.reshape(x.shape), x.dtype)
 
@@ -231,10 +249,16 @@ def softmax_grad(ctx, dy, y):  # dy (S), y (S) -> dx (S), along the forward's (c
     work = np.promote_types(dy.dtype, np.float32)
     d2, ax = _rows(dy.astype(work, copy=False), axis, bool(ctx.attr("coerce")))
     y2, _ = _rows(y.astype(work, copy=False), axis, bool(ctx.attr("coerce")))
+    dx = _work_out(ctx, dy, d2.shape)
     if ctx.attr("of") == "Softmax":  # dx = y * (dy - sum(dy * y))
-        dx = y2 * (d2 - np.sum(d2 * y2, axis=ax, keepdims=True))
+        s = np.sum(np.multiply(d2, y2, out=dx), axis=ax, keepdims=True)
+        np.subtract(d2, s, out=dx)
+        dx *= y2
     else:  # y = log softmax: dx = dy - softmax * sum(dy)
-        dx = d2 - np.exp(y2) * np.sum(d2, axis=ax, keepdims=True)
+        s = np.sum(d2, axis=ax, keepdims=True)
+        np.exp(y2, out=dx)
+        dx *= s
+        np.subtract(d2, dx, out=dx)
     return _keep(dx.reshape(dy.shape), dy.dtype)
 
 

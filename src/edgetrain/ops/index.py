@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, planned, register
 from .rules import constant, normalize_axes, normalize_axis, shape_error
 from .tensor import forward_ctx, forward_version, shape_of
 
@@ -203,6 +203,17 @@ def _acc(dtype: np.dtype) -> np.dtype:
     return F32 if dtype == F16 else dtype  # float16 sums accumulate in float32
 
 
+def _zeros(ctx: OpContext, shape, dtype: np.dtype) -> np.ndarray:
+    """Zeros of ``shape`` to accumulate a gradient in: the planned output when it fits."""
+    out = planned(ctx)
+    if out is not None and out.dtype == dtype and out.flags.c_contiguous and \
+            out.size == int(np.prod(shape, dtype=np.int64)):
+        out = out.reshape(shape)
+        out.fill(0)
+        return out
+    return np.zeros(shape, dtype=dtype)
+
+
 def _to_shape_infer(ctx, dy, shape, *rest):  # -> dy's dtype, x's shape (second input)
     return [TensorType(dy.dtype, tuple(_ints(constant(ctx, shape, "shape"))))]
 
@@ -227,7 +238,7 @@ def gather_grad(ctx, dy, shape, indices):  # dy (..before, *I, ..after), x's sha
     idx = _index(ctx, indices, shape[axis]).reshape(-1)
     pre, post = int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis + 1:],
                                                                        dtype=np.int64))
-    dx = np.zeros((pre, shape[axis], post), dtype=_acc(dy.dtype))
+    dx = _zeros(ctx, (pre, shape[axis], post), _acc(dy.dtype))
     if idx.size:  # sort the indices, sum each run of equal ones (repeats add up), write once
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
@@ -243,7 +254,7 @@ def gather_elements_grad(ctx, dy, shape, indices):  # dy, x's shape, indices (dy
     axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), len(shape))
     grid = list(np.indices(indices.shape, sparse=True))
     grid[axis] = _index(ctx, indices, shape[axis])
-    dx = np.zeros(shape, dtype=_acc(dy.dtype))
+    dx = _zeros(ctx, shape, _acc(dy.dtype))
     np.add.at(dx, tuple(grid), dy)
     return dx.astype(dy.dtype, copy=False)
 

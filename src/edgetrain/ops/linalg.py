@@ -7,7 +7,7 @@ import string
 import numpy as np
 
 from .grad_ops import sum_to_shape
-from .registry import ET_DOMAIN, OpContext, TensorType, gradient, register
+from .registry import ET_DOMAIN, OpContext, TensorType, gradient, planned, register
 from .rules import constant, shape_error
 from .tensor import shape_of
 
@@ -45,20 +45,40 @@ def _matmul_infer(ctx: OpContext, a: TensorType, b: TensorType) -> list[TensorTy
     return [TensorType(dtype, out)]
 
 
-def matmul_arrays(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b in a's element type; [..., M, K] @ [K, N] runs as one [(...M), K] @ [K, N] GEMM."""
+def _blas_out(out: np.ndarray | None, dtype: np.dtype, shape: tuple[int, ...]
+              ) -> np.ndarray | None:
+    """The planned output as a C-contiguous ``shape`` view NumPy's BLAS can write into, or None
+    (then the product goes to a fresh array: the same BLAS call, so the same bits)."""
+    if out is None or out.dtype != dtype or not out.flags.c_contiguous or out.size != \
+            int(np.prod(shape, dtype=np.int64)):
+        return None
+    return out.reshape(shape)
+
+
+def matmul_arrays(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b in a's element type; [..., M, K] @ [K, N] runs as one [(...M), K] @ [K, N] GEMM.
+    ``out``: where to write it when it fits (a's element type, C-contiguous)."""
     dtype = a.dtype
     a, b = _compute(a), _compute(b)
-    if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
-        y = np.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[-1:])
-    else:
-        y = np.matmul(a, b)
-    return np.asarray(y).astype(dtype, copy=False)
+    if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous and a.size:
+        a2 = a.reshape(-1, a.shape[-1])
+        dest = _blas_out(out, a.dtype, (a2.shape[0], b.shape[-1])) if dtype == a.dtype else None
+        y = np.matmul(a2, b, out=dest)
+        if dest is not None:
+            return out
+        return y.reshape(a.shape[:-1] + b.shape[-1:]).astype(dtype, copy=False)
+    if out is not None and a.ndim >= 2 and b.ndim >= 2 and dtype == a.dtype:
+        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        dest = _blas_out(out, a.dtype, shape)
+        if dest is not None:
+            np.matmul(a, b, out=dest)
+            return out
+    return np.asarray(np.matmul(a, b)).astype(dtype, copy=False)
 
 
 @register("MatMul", versions=(1, 9, 13), infer=_matmul_infer)
 def matmul(ctx, a, b):  # a [..., M, K] @ b [..., K, N] -> [..., M, N] (1-D operands squeezed)
-    return matmul_arrays(a, b)
+    return matmul_arrays(a, b, planned(ctx))
 
 
 # --- Gemm: Y = alpha * A' @ B' + beta * C, C broadcast unidirectionally to [M, N] --------------
@@ -88,7 +108,10 @@ def gemm(ctx, a, b, c=None):  # A [M, K] (or [K, M]), B [K, N] (or [N, K]), C ->
     dtype = a.dtype
     alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
     a, b = _compute(a), _compute(b)
-    y = np.dot(a.T if ctx.attr("transA", 0) else a, b.T if ctx.attr("transB", 0) else b)
+    a, b = a.T if ctx.attr("transA", 0) else a, b.T if ctx.attr("transB", 0) else b
+    dest = _blas_out(planned(ctx), a.dtype, (a.shape[0], b.shape[1])) \
+        if dtype == a.dtype and dtype.kind == "f" else None
+    y = np.dot(a, b, out=dest)  # written in place below: the same bits as a fresh array's
     if y.dtype.kind != "f" and (alpha != int(alpha) or (c is not None and beta != int(beta))):
         y = y.astype(np.float64)  # integer Gemm with fractional scales: scale exactly, then cast
     if alpha != 1.0:
@@ -229,6 +252,25 @@ def matmul_grad_kernel(ctx, dy, other, shape):  # side 0: (dy, B, A's shape); 1:
     dy, other = _compute(dy), _compute(other)
     a_vec = len(shape) == 1 if side == 0 else other.ndim == 1
     b_vec = other.ndim == 1 if side == 0 else len(shape) == 1
+    if not (a_vec or b_vec) and dy.size and other.size and dy.flags.c_contiguous:
+        # the same GEMMs whether planned or not (bit-identical results)
+        out = _blas_out(planned(ctx), dy.dtype, shape) if dtype == dy.dtype else None
+        g = None
+        if side == 0 and other.ndim == 2 and len(shape) == dy.ndim:
+            # [..., M, N] @ [K, N]^T: one [(...M), N] @ [N, K] GEMM
+            g = np.matmul(dy.reshape(-1, dy.shape[-1]), other.T,
+                          out=None if out is None else out.reshape(-1, shape[-1]))
+        elif side == 1 and len(shape) == 2 and other.ndim >= 2 and other.flags.c_contiguous:
+            # [..., M, K]^T @ [..., M, N] summed over the batch: one [K, (...M)] @ [(...M), N]
+            g = np.matmul(other.reshape(-1, other.shape[-1]).T, dy.reshape(-1, dy.shape[-1]),
+                          out=out)
+        elif dy.ndim == len(shape) == other.ndim and other.shape[:-2] == shape[:-2] \
+                == dy.shape[:-2]:  # the same batch dimensions everywhere: nothing to sum
+            pair = (dy, np.swapaxes(other, -1, -2)) if side == 0 else \
+                (np.swapaxes(other, -1, -2), dy)
+            g = np.matmul(*pair, out=out)
+        if g is not None:
+            return out if out is not None else g.reshape(shape).astype(dtype, copy=False)
     if b_vec:  # 1-D operands: promoted as in the forward, the dims put back in dy
         dy = dy[..., None]
     if a_vec:
@@ -260,12 +302,16 @@ def gemm_grad_kernel(ctx, dy, other, shape):  # side 0: (dy, B, A's shape); 1: (
         g, scale = sum_to_shape(d, shape), float(ctx.attr("beta", 1.0))
     else:
         o, scale = _compute(other), float(ctx.attr("alpha", 1.0))
+        dest = _blas_out(planned(ctx), d.dtype, shape) if d.dtype == dtype else None
         if side == 0:  # dA' = dy B'^T, with B' = B^T under transB; dA = dA'^T under transA
             bp = o.T if tb else o
-            g = bp @ d.T if ta else d @ bp.T
+            g = np.dot(bp, d.T, out=dest) if ta else np.dot(d, bp.T, out=dest)
         else:  # dB' = A'^T dy; dB = dB'^T under transB
             ap = o.T if ta else o
-            g = d.T @ ap if tb else ap.T @ d
+            g = np.dot(d.T, ap, out=dest) if tb else np.dot(ap.T, d, out=dest)
+        if scale != 1.0:
+            g *= g.dtype.type(scale)  # in place: the same bits as g * scale
+            scale = 1.0
     if scale != 1.0:
         g = g * g.dtype.type(scale)
     return np.asarray(g).reshape(shape).astype(dtype, copy=False)
