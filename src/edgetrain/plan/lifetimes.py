@@ -18,7 +18,16 @@ from ..graph.infer import Step
 from ..ops.registry import TensorType
 from .placement import Interval
 
-VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "ReshapeTo"})
+
+
+def is_view(node, types) -> bool:
+    """The step's first output is its first input's bytes (a view op, or SumTo that sums
+    nothing: its kernel returns the input)."""
+    if node.op_type in VIEW_OPS:
+        return True
+    return (node.op_type == "SumTo" and bool(node.inputs) and bool(node.outputs)
+            and types[node.inputs[0]].shape == types[node.outputs[0]].shape)
 INPLACE_OPS = frozenset({
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Gelu",
     "HardSigmoid", "HardSwish", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal",
@@ -69,11 +78,11 @@ def analyze(steps: Sequence[Step], types: Mapping[str, TensorType], outputs: Seq
                 continue
             size = nbytes(types[y])
             x = node.inputs[0] if node.inputs else ""
-            if k == 0 and node.op_type in VIEW_OPS and x in external and y not in outputs:
+            if k == 0 and is_view(node, types) and x in external and y not in outputs:
                 external.add(y)  # a view of a feed or parameter: no arena bytes
                 continue
             shared = owner.get(x) if x else None
-            if shared is not None and k == 0 and node.op_type in VIEW_OPS:
+            if shared is not None and k == 0 and is_view(node, types):
                 buf = buffers[shared]
             elif (shared is not None and k == 0 and inplace and _can_write_over(
                     node, i, size, types, last_use, buffers[shared], owner)):

@@ -27,7 +27,6 @@ class CompiledRun:
 def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Feeds as arrays, checked against the declared inputs (name, dtype, rank, fixed dims)."""
     declared = {v.name: v for v in graph.inputs}
-    expected_names = ", ".join(f"{v.name} {v.describe()}" for v in graph.inputs)
     out: dict[str, np.ndarray] = {}
     dims: dict[str, tuple[int, str]] = {}  # named dimension -> (size, the input that set it)
     for name, given in feeds.items():
@@ -36,7 +35,8 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
             continue
         v = declared.get(name)
         if v is None:
-            raise InputError(f"unknown input {name!r}; the model's inputs are: {expected_names}")
+            expected = ", ".join(f"{v.name} {v.describe()}" for v in graph.inputs)
+            raise InputError(f"unknown input {name!r}; the model's inputs are: {expected}")
         arr = np.asarray(given)
         if v.dtype is not None and arr.dtype != v.dtype:
             raise InputError(f"input {name!r} has dtype {arr.dtype}, expected {v.dtype} "
@@ -58,7 +58,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
     missing = [v.name for v in graph.inputs if v.name not in out]
     if missing:
         raise InputError(f"missing input(s) {', '.join(map(repr, missing))}; the model's inputs "
-                         f"are: {expected_names}")
+                         f"are: {', '.join(f'{v.name} {v.describe()}' for v in graph.inputs)}")
     return out
 
 

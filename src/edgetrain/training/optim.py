@@ -139,15 +139,26 @@ def _sgd(cfg: SGD, p, g, st, lr, t):
     p -= p.dtype.type(lr) * g
 
 
+def _moment(st, key: str, p) -> np.ndarray:
+    a = st.get(key)
+    if a is None:
+        a = st[key] = np.zeros_like(p)
+    return a
+
+
 def _moments(p, g, st, betas):
+    """The moments updated in place, and one scratch array of p's shape (the update's only
+    temporary; same arithmetic, in the same order, as the textbook expressions)."""
     b1, b2 = (p.dtype.type(b) for b in betas)
-    m = st.setdefault("exp_avg", np.zeros_like(p))
-    v = st.setdefault("exp_avg_sq", np.zeros_like(p))
+    m, v = _moment(st, "exp_avg", p), _moment(st, "exp_avg_sq", p)
+    tmp = np.multiply(g, 1 - b1)
     m *= b1
-    m += (1 - b1) * g
+    m += tmp
+    np.multiply(g, g, out=tmp)
+    tmp *= 1 - b2
     v *= b2
-    v += (1 - b2) * (g * g)
-    return m, v
+    v += tmp
+    return m, v, tmp
 
 
 def _adam(cfg, p, g, st, lr, t, decoupled: bool):
@@ -156,18 +167,26 @@ def _adam(cfg, p, g, st, lr, t, decoupled: bool):
             p *= p.dtype.type(1.0 - lr * cfg.weight_decay)
         else:
             g = g + p.dtype.type(cfg.weight_decay) * p
-    m, v = _moments(p, g, st, cfg.betas)
+    m, v, tmp = _moments(p, g, st, cfg.betas)
     bc1, bc2 = 1.0 - cfg.betas[0] ** t, 1.0 - cfg.betas[1] ** t
-    denom = np.sqrt(v) / p.dtype.type(math.sqrt(bc2)) + p.dtype.type(cfg.eps)
-    p -= p.dtype.type(lr / bc1) * (m / denom)
+    np.sqrt(v, out=tmp)  # denom = sqrt(v) / sqrt(bc2) + eps
+    tmp /= p.dtype.type(math.sqrt(bc2))
+    tmp += p.dtype.type(cfg.eps)
+    np.divide(m, tmp, out=tmp)
+    tmp *= p.dtype.type(lr / bc1)
+    p -= tmp
 
 
 def _hf_adamw(cfg: AdamW, p, g, st, lr, t):
-    m, v = _moments(p, g, st, cfg.betas)
+    m, v, tmp = _moments(p, g, st, cfg.betas)
     step = lr
     if cfg.bias_correction:
         step = lr * math.sqrt(1.0 - cfg.betas[1] ** t) / (1.0 - cfg.betas[0] ** t)
-    p -= p.dtype.type(step) * (m / (np.sqrt(v) + p.dtype.type(cfg.eps)))
+    np.sqrt(v, out=tmp)  # step * (m / (sqrt(v) + eps))
+    tmp += p.dtype.type(cfg.eps)
+    np.divide(m, tmp, out=tmp)
+    tmp *= p.dtype.type(step)
+    p -= tmp
     if cfg.weight_decay:
         p -= p.dtype.type(lr * cfg.weight_decay) * p
 
