@@ -3,11 +3,12 @@ from . import ops  # registers every op
 from .errors import (EdgetrainError, InputError, KernelError, ModelLoadError, OpError, ShapeError,
                      UnsupportedDtypeError, UnsupportedOpError)
 from .graph import load_graph
+from .measure import set_num_threads
 from .runtime import InferenceSession
 from .training.trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["InferenceSession", "load_graph", "Trainer", "EdgetrainError", "InputError",
+__all__ = ["InferenceSession", "load_graph", "Trainer", "set_num_threads", "EdgetrainError", "InputError",
            "KernelError", "ModelLoadError", "OpError", "ShapeError", "UnsupportedDtypeError",
            "UnsupportedOpError", "__version__"]

@@ -47,24 +47,47 @@ def numpy_blas() -> dict:
     return info
 
 
-def _openblas_threads() -> int | None:
+def _openblas(verb: str):
+    """OpenBLAS's ``get`` or ``set`` thread-count function in this process, or None."""
     try:
         with open("/proc/self/maps") as f:
             libs = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln}
     except OSError:
         return None
-    for path in libs:
+    for path in sorted(libs):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for sym in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
-                    "openblas_get_num_threads"):
+        for sym in (f"scipy_openblas_{verb}_num_threads64_", f"openblas_{verb}_num_threads64_",
+                    f"openblas_{verb}_num_threads"):
             fn = getattr(lib, sym, None)
             if fn is not None:
-                fn.restype = ctypes.c_int
-                return int(fn())
+                return fn
     return None
+
+
+def _openblas_threads() -> int | None:
+    fn = _openblas("get")
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_int
+    return int(fn())
+
+
+def set_num_threads(n: int) -> int | None:
+    """Threads NumPy's BLAS (OpenBLAS) uses from now on, for this process; returns the count it
+    reports after the change, or None when NumPy's BLAS is not OpenBLAS (then set
+    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS before starting Python)."""
+    import numpy  # noqa: F401  (loads the BLAS library)
+    if int(n) < 1:
+        raise ValueError(f"threads must be at least 1, not {n}")
+    fn = _openblas("set")
+    if fn is None:
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn(int(n))
+    return _openblas_threads()
 
 
 def _cpu_busy_s() -> float:

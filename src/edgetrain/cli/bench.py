@@ -123,7 +123,10 @@ def run_job(artifact_dir: str, batches: list[np.ndarray], steps: int, *, warmup:
 def _worker(argv: list[str]) -> int:
     """The measuring process: ``python -m edgetrain.cli.bench ART DATA STEPS WARMUP LR KNOBS``
     (KNOBS: Module options as JSON)."""
-    art, data, steps, warmup, lr, knobs = argv
+    art, data, steps, warmup, lr, knobs = argv[:6]
+    if len(argv) > 6:
+        from ..measure import set_num_threads
+        set_num_threads(int(argv[6]))
     with np.load(data) as z:
         batches = [z[f"arr_{i}"] for i in range(len(z.files))]  # the Module's input order
     print(RESULT + json.dumps(run_job(art, batches, int(steps), warmup=int(warmup),
@@ -139,7 +142,8 @@ def _measure(art: str, data: str, args) -> dict:
     knobs = {k: v for k, v in (("memory_budget_mb", args.memory_budget),
                                ("micro_batch", args.micro_batch)) if v is not None}
     cmd = [sys.executable, "-m", "edgetrain.cli.bench", art, data, str(args.steps),
-           str(args.warmup), str(args.lr), json.dumps(knobs)]
+           str(args.warmup), str(args.lr), json.dumps(knobs)] + (
+               [str(args.threads)] if args.threads else [])
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in r.stdout.splitlines():
         if line.startswith(RESULT):
