@@ -10,6 +10,7 @@ or through the im2col view (:func:`im2col_view`).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -47,7 +48,7 @@ class Window:
 
     @property
     def n_taps(self) -> int:
-        return int(np.prod(self.kernel, dtype=np.int64))
+        return math.prod(self.kernel)
 
     @property
     def trivial_padding(self) -> bool:
@@ -175,9 +176,9 @@ def tap_flat_index(win: Window, tap: Sequence[int], column_major: bool = False) 
     n = win.ndim
     sizes = win.in_shape
     if column_major:
-        mult = [int(np.prod(sizes[:a], dtype=np.int64)) for a in range(n)]
+        mult = [math.prod(sizes[:a]) for a in range(n)]
     else:
-        mult = [int(np.prod(sizes[a + 1:], dtype=np.int64)) for a in range(n)]
+        mult = [math.prod(sizes[a + 1:]) for a in range(n)]
     idx = np.zeros((), dtype=np.int64)
     for ax in range(n):
         pos = np.arange(win.out[ax], dtype=np.int64) * win.strides[ax] \

@@ -2,8 +2,8 @@
 
 Kernel strategy:
 * 1x1 kernels: a (strided) subsample and one batched matmul.
-* depthwise (group == C_in, one input channel per group): no im2col; the output accumulates
-  weight * strided slice of the padded input, one kernel tap at a time.
+* depthwise (group == C_in, one input channel per group): no im2col; channels-last blocks and
+  one einsum over the taps, or flat rows per (image, channel) (ops/_depthwise.py).
 * otherwise: im2col (a window view copied once into (N, group, C/group * taps, pixels)) and one
   batched GEMM over (batch, group).
 * ConvTranspose is the adjoint: a GEMM to columns (N, M, *taps, *in), then col2im by adding each
@@ -12,8 +12,11 @@ float16 is computed in float32 (numpy has no float16 GEMM) and rounded once at t
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from . import _depthwise as D
 from . import _window as W
 from .registry import OpContext, TensorType, planned, register
 from .rules import shape_error
@@ -79,33 +82,12 @@ def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 
 
 COLS_BUDGET = 1 << 26   # bytes of im2col columns built at once (images are done in chunks)
-BLOCK_BUDGET = 1 << 18  # bytes of output per block of the depthwise tap loop (stays in cache)
+BLOCK_BUDGET = 1 << 20  # bytes of scratch per block of the depthwise kernels (stays in cache)
 
 
 def _chunks(n: int, item_bytes: int, budget: int):
     step = max(1, budget // max(item_bytes, 1))
     return [(i, min(n, i + step)) for i in range(0, n, step)]
-
-
-def _depthwise(xp: np.ndarray, w: np.ndarray, win: W.Window, out=None) -> np.ndarray:
-    """xp (N, C, *reach), w (C*mult, 1, *k) -> (N, C*mult, *out): weighted sum of tap slices."""
-    n, c = xp.shape[:2]
-    mult = w.shape[0] // c
-    rows = xp.reshape((n * c,) + xp.shape[2:])                     # one row per (image, channel)
-    wt = w.reshape(c, mult, win.n_taps)
-    shape = (n * c, mult) + win.out
-    y = np.empty(shape, dtype=xp.dtype) if out is None else out.reshape(shape)
-    ex = (1,) * win.ndim
-    taps = [W.tap_slices(win, t)[2:] for t in W.taps(win)]         # spatial slices
-    for r0, r1 in _chunks(n * c, y[0].nbytes, BLOCK_BUDGET):
-        wr = wt[np.arange(r0, r1) % c]                               # (rows, mult, K)
-        yb, tmp = y[r0:r1], np.empty_like(y[r0:r1])
-        for i, sl in enumerate(taps):
-            v = rows[(slice(r0, r1),) + sl][:, None]
-            np.multiply(v, wr[:, :, i].reshape(wr.shape[:2] + ex), out=tmp if i else yb)
-            if i:
-                yb += tmp
-    return y.reshape((n, c * mult) + win.out)
 
 
 def conv_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: W.Window,
@@ -114,10 +96,10 @@ def conv_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: W.Window,
     written into ``out`` (contiguous, that shape and dtype) when given."""
     n, c = x.shape[:2]
     m, cg = w.shape[:2]
-    p = int(np.prod(win.out, dtype=np.int64))
-    xp = W.pad_input(x, win, 0)
+    p = math.prod(win.out)
     if cg == 1 and group == c and win.n_taps > 1:  # depthwise: no im2col
-        return _add_bias(_depthwise(xp, w, win, out).reshape((n, m) + win.out), b)
+        return _add_bias(D.forward(x, w, win, BLOCK_BUDGET, out), b)
+    xp = W.pad_input(x, win, 0)
     if win.n_taps == 1:  # 1x1: the (strided) input is the column matrix
         cols = xp[W.tap_slices(win, (0,) * win.ndim)]
     else:
@@ -193,7 +175,7 @@ def conv_transpose_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group:
     n, c = x.shape[:2]
     mg = w.shape[1]
     m, ins, ks = mg * group, x.shape[2:], w.shape[2:]
-    ntaps, p = int(np.prod(ks, dtype=np.int64)), int(np.prod(ins, dtype=np.int64))
+    ntaps, p = math.prod(ks), math.prod(ins)
     cg = c // group
     wt = w.reshape(group, cg, mg * ntaps).transpose(0, 2, 1)       # (g, Mg*K, Cg)
     xg = x.reshape(n, group, cg, p)

@@ -4,10 +4,10 @@ Conv, y = conv(x, w) + b, same strategy as the forward:
 * dB: dy summed over the batch and the spatial axes.
 * dX: the adjoint of conv in x, which is ConvTranspose of dy with the same w: a transposed GEMM
   to columns, col2im by adding each tap's columns into a strided slice, a crop to the input.
-  Depthwise: one kernel tap at a time, no columns.
+  Depthwise: no columns (ops/_depthwise.py).
 * dW: dy @ im2col(x)^T per group, one GEMM per chunk of images (batch and pixels contracted
-  together); 1x1: the (strided) input is the column matrix; depthwise: per tap, a batched dot
-  product of dy with the tap's slice of the input, no columns.
+  together); 1x1: the (strided) input is the column matrix; depthwise: one einsum of dy with the
+  windows of channels-last blocks of the input, no columns.
 ConvTranspose is conv's adjoint in x: its dX is a conv of dy (with w), and its dW is conv's dW
 with the roles of x and dy swapped.
 
@@ -19,8 +19,11 @@ float16 is computed in float32, like the forward.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from . import _depthwise as D
 from . import _window as W
 from . import conv as C
 from .registry import ET_DOMAIN, OpContext, TensorType, gradient, planned, register
@@ -66,31 +69,8 @@ def _grad_infer(ctx: OpContext, dy: TensorType, x: TensorType | None, w: TensorT
 
 # --- shared kernels ----------------------------------------------------------------------------
 
-def _depthwise_dx(dy: np.ndarray, w: np.ndarray, win: W.Window, c: int,
-                  out: np.ndarray | None = None) -> np.ndarray:
-    """dy (N, C*mult, *out), w (C*mult, 1, *k) -> dx (N, C, *in), one kernel tap at a time."""
-    n, m = dy.shape[:2]
-    mult = m // c
-    rows = dy.reshape((n * c, mult) + win.out)                     # one row per (image, channel)
-    wt = w.reshape(c, mult, win.n_taps)
-    size = tuple(max(r, b + i) for r, b, i in zip(win.reach, win.pads_begin, win.in_shape))
-    shape = (n * c, 1) + win.in_shape
-    dx = np.empty(shape, dtype=dy.dtype) if out is None else out.reshape(shape)
-    ex = (1,) * win.ndim
-    taps = [W.tap_slices(win, t)[2:] for t in W.taps(win)]         # spatial slices
-    crop = [-b for b in win.pads_begin]
-    row_bytes = (int(np.prod(size)) + mult * int(np.prod(win.out))) * dy.dtype.itemsize
-    for r0, r1 in C._chunks(n * c, row_bytes, C.BLOCK_BUDGET):
-        wr = wt[np.arange(r0, r1) % c]                               # (rows, mult, K)
-        buf = np.zeros((r1 - r0, 1) + size, dtype=dy.dtype)
-        tmp = np.empty((r1 - r0, mult) + win.out, dtype=dy.dtype)
-        dyb = rows[r0:r1]
-        for i, sl in enumerate(taps):
-            np.multiply(dyb, wr[:, :, i].reshape(wr.shape[:2] + ex), out=tmp)
-            buf[(slice(None), slice(0, 1)) + sl] += tmp if mult == 1 else \
-                tmp.sum(axis=1, keepdims=True)
-        dx[r0:r1] = W.place(buf, crop, win.in_shape)
-    return dx.reshape((n, c) + win.in_shape)
+SHORT_PLANE = 32  # 1x1 dX: shorter planes make a poor GEMM per image (the images go together)
+LONG_PLANE = 100  # 1x1 dW: output planes at least this long make a good GEMM per image
 
 
 def conv_dx(dy: np.ndarray, w: np.ndarray, win: W.Window, group: int,
@@ -100,46 +80,44 @@ def conv_dx(dy: np.ndarray, w: np.ndarray, win: W.Window, group: int,
     case (a ConvTranspose), whose result the caller copies."""
     c = w.shape[1] * group
     if w.shape[1] == 1 and group == c and win.n_taps > 1:
-        return _depthwise_dx(dy, w, win, c, out)
+        return D.grad_x(dy, w, win, c, C.BLOCK_BUDGET, out)
     if win.n_taps == 1 and win.trivial_padding and all(s == 1 for s in win.strides):
         n, m, cg = dy.shape[0], w.shape[0], w.shape[1]  # 1x1, stride 1: dx = W^T dy per image
-        p = int(np.prod(win.out, dtype=np.int64))
+        p = math.prod(win.out)
         shape = (n, group, cg, p)
         dx = np.empty(shape, dtype=dy.dtype) if out is None else out.reshape(shape)
         wt = w.reshape(group, m // group, cg).transpose(0, 2, 1)
-        np.matmul(wt, dy.reshape(n, group, m // group, p), out=dx)
+        dyg = dy.reshape(n, group, m // group, p)
+        if p >= SHORT_PLANE or n == 1:
+            np.matmul(wt, dyg, out=dx)
+        else:  # tiny planes: the images side by side, one GEMM per chunk of images
+            for b0, b1 in C._chunks(n, (m + cg) * p * dy.dtype.itemsize, C.COLS_BUDGET):
+                dyt = np.ascontiguousarray(dyg[b0:b1].transpose(1, 2, 0, 3))
+                dxt = np.matmul(wt, dyt.reshape(group, m // group, (b1 - b0) * p))
+                dx[b0:b1] = dxt.reshape(group, cg, b1 - b0, p).transpose(2, 0, 1, 3)
         return dx.reshape((n, c) + win.in_shape)
     return C.conv_transpose_nd(dy, w, None, group, win.strides, win.dilations, win.pads_begin,
                                win.in_shape)
 
 
-def _depthwise_dw(xp: np.ndarray, dy: np.ndarray, win: W.Window) -> np.ndarray:
-    """xp (N, C, *reach), dy (N, C*mult, *out) -> dw (C*mult, 1, *k), one tap at a time."""
-    n, c = xp.shape[:2]
-    m = dy.shape[1]
-    mult, p = m // c, int(np.prod(win.out, dtype=np.int64))
-    dyt = np.ascontiguousarray(dy.reshape(n, c, mult, p).transpose(1, 2, 0, 3))
-    dyt = dyt.reshape(c, mult, n * p)
-    dw = np.empty((c, mult, win.n_taps), dtype=dy.dtype)
-    for i, tap in enumerate(W.taps(win)):
-        xs = np.ascontiguousarray(xp[W.tap_slices(win, tap)].swapaxes(0, 1))   # (C, N, *out)
-        dw[:, :, i] = np.matmul(dyt, xs.reshape(c, n * p, 1))[..., 0]
-    return dw.reshape((m, 1) + win.kernel)
-
-
-def conv_dw(xp: np.ndarray, dy: np.ndarray, win: W.Window, group: int,
+def conv_dw(x: np.ndarray, dy: np.ndarray, win: W.Window, group: int,
             w_shape: tuple[int, ...]) -> np.ndarray:
-    """xp (N, C, *reach) padded input, dy (N, M, *out) -> dw (M, C/group, *k)."""
-    n, c = xp.shape[:2]
+    """x (N, C, *in), dy (N, M, *out) -> dw (M, C/group, *k)."""
+    n, c = x.shape[:2]
     m, cg = w_shape[:2]
     mg, nd = m // group, win.ndim
-    k, p = win.n_taps, int(np.prod(win.out, dtype=np.int64))
+    k, p = win.n_taps, math.prod(win.out)
     if cg == 1 and group == c and k > 1:
-        return _depthwise_dw(xp, dy, win)
-    if k == 1:  # 1x1: the (strided) input is the column matrix; one GEMM per (image, group)
+        return D.grad_w(x, dy, win, C.BLOCK_BUDGET)
+    xp = W.pad_input(x, win, 0)
+    if k == 1 and p >= LONG_PLANE:  # 1x1, long planes: one GEMM per image, summed in place
         xs = xp[W.tap_slices(win, (0,) * nd)].reshape(n, group, cg, p)
-        dw = np.matmul(dy.reshape(n, group, mg, p), xs.transpose(0, 1, 3, 2)).sum(axis=0)
+        dyg = dy.reshape(n, group, mg, p)
+        dw, part = np.zeros((group, mg, cg), dtype=dy.dtype), np.empty((group, mg, cg), dy.dtype)
+        for i in range(n):
+            dw += np.matmul(dyg[i], xs[i].transpose(0, 2, 1), out=part)
         return dw.reshape(w_shape)
+    # otherwise (1x1 too): the images' columns side by side, one GEMM per chunk of images
     cols = W.im2col_view(xp, win)                                   # (N, C, *k, *out) view
     perm = (1, 2) + tuple(range(3, 3 + nd)) + (0,) + tuple(range(3 + nd, 3 + 2 * nd))
     dw = np.zeros((group, mg, cg * k), dtype=dy.dtype)
@@ -175,8 +153,7 @@ def conv_grad(ctx, dy, x, w, x_shape=None):
     out = planned(ctx)
     out = out if out is not None and out.dtype == dt else None
     dx = conv_dx(dyc, wc, win, group, out) if need_x else None
-    dw = conv_dw(W.pad_input(x.astype(dt, copy=False), win, 0), dyc, win, group, w.shape) \
-        if need_w else None
+    dw = conv_dw(x.astype(dt, copy=False), dyc, win, group, w.shape) if need_w else None
     return _results(dy.dtype, dx, dw, _bias_grad(dyc) if need_b else None)
 
 

@@ -1,6 +1,8 @@
 """Normalization ops: BatchNormalization (inference and training modes), LayerNormalization."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .activation import forward_context
@@ -36,14 +38,6 @@ def _bn_spatial(ctx: OpContext) -> bool:
     return ctx.version >= 9 or bool(ctx.attr("spatial", 1))
 
 
-def _bn_geometry(x_shape: tuple[int, ...], spatial: bool):
-    """Statistics' shape, their shape broadcast against X, and the axes they reduce over."""
-    stat_shape = (x_shape[1],) if spatial else tuple(x_shape[1:])
-    bshape = (1,) + stat_shape + (1,) * (len(x_shape) - 1 - len(stat_shape))
-    axes = (0,) + tuple(range(2, len(x_shape))) if spatial else (0,)
-    return stat_shape, bshape, axes
-
-
 def _bn_rule(ctx: OpContext, x: TensorType, scale: TensorType, b: TensorType, mean: TensorType,
              var: TensorType) -> list[TensorType]:
     if x.rank < 2:
@@ -64,37 +58,72 @@ def _bn_rule(ctx: OpContext, x: TensorType, scale: TensorType, b: TensorType, me
     return outs[:max(ctx.n_outputs, 1)]
 
 
+def _bn_view(x_shape: tuple[int, ...], spatial: bool) -> tuple[int, int, int]:
+    """X read as (N, S, P): S statistics (channels, or every non-batch position when not
+    spatial), each over N * P values."""
+    n = x_shape[0]
+    s = x_shape[1] if spatial else math.prod(x_shape[1:])
+    return n, s, math.prod(x_shape[2:]) if spatial else 1
+
+
+SHORT_PLANE = 64  # planes shorter than this: per-statistic factors repeated over the plane
+
+
+def _affine(x3: np.ndarray, a: np.ndarray, shift: np.ndarray | None, y3: np.ndarray) -> None:
+    """y3 = x3 * a + shift with a, shift (S,) per statistic; x3, y3 (N, S, P), y3 may be x3.
+    Short planes make short inner loops, so there the factors are repeated over each plane
+    (S * P values) and the loop runs over a whole image."""
+    n, s, p = x3.shape
+    if p < SHORT_PLANE:
+        x3, y3 = x3.reshape(n, s * p), y3.reshape(n, s * p)
+        a = np.repeat(a, p)
+        shift = None if shift is None else np.repeat(shift, p)
+    else:
+        a = a[:, None]
+        shift = None if shift is None else shift[:, None]
+    np.multiply(x3, a, out=y3)
+    if shift is not None:
+        np.add(y3, shift, out=y3)
+
+
+def _plane_sum(a3: np.ndarray) -> np.ndarray:
+    """(N, S, P) -> (S,): over the images first, then each plane (pairwise) in one go."""
+    return np.add.reduce(np.add.reduce(a3, axis=0), axis=1)
+
+
 @register("BatchNormalization", versions=(1, 6, 7, 9, 14, 15), infer=_bn_rule)
 def batch_normalization(ctx, x, scale, b, mean, var):  # x (N,C,...) -> Y like x (+ stats (C,))
+    # inference: y = x * a + (B - mean * a) with a = scale / sqrt(var + eps), two passes;
+    # training: y holds x - batch mean, then its sum of squares, then y * a + B
     work = _work_dtype(x.dtype, scale.dtype, b.dtype, mean.dtype, var.dtype)
-    eps = float(ctx.attr("epsilon", 1e-5))
-    _, bshape, axes = _bn_geometry(x.shape, _bn_spatial(ctx))
+    eps = work.type(ctx.attr("epsilon", 1e-5))
+    n, s, p = _bn_view(x.shape, _bn_spatial(ctx))
 
-    def param(a):
-        return np.asarray(a).astype(work, copy=False).reshape(bshape)
+    def vec(a):
+        return np.asarray(a).astype(work, copy=False).reshape(s)
 
-    xw = x.astype(work, copy=False)
+    x3 = x.astype(work, copy=False).reshape(n, s, p)
+    y = planned(ctx)
+    if y is None or y.dtype != work:
+        y = np.empty(x.shape, dtype=work)
+    y3 = y.reshape(n, s, p)
     training = _bn_training(ctx)
     if training:
-        cur_mean = xw.mean(axis=axes, keepdims=True)
-        cur_var = np.square(xw - cur_mean).mean(axis=axes, keepdims=True)
-        m, v = cur_mean, cur_var
+        count = max(n * p, 1)
+        cur_mean = _plane_sum(x3) / work.type(count)
+        np.subtract(x3, cur_mean[:, None], out=y3)
+        cur_var = np.einsum("nsp,nsp->s", y3, y3) / work.type(count)
+        _affine(y3, vec(scale) / np.sqrt(cur_var + eps), vec(b), y3)
     else:
-        m, v = param(mean), param(var)
-    a = param(scale) / np.sqrt(v + work.type(eps))
-    y = planned(ctx)
-    if y is not None and y.dtype == work:  # the same operations, written in place
-        np.subtract(xw, m, out=y)
-        np.multiply(y, a, out=y)
-        np.add(y, param(b), out=y)
-    else:
-        y = ((xw - m) * a + param(b)).astype(x.dtype, copy=False)
+        a = vec(scale) / np.sqrt(vec(var) + eps)
+        _affine(x3, a, vec(b) - vec(mean) * a, y3)
+    y = y.astype(x.dtype, copy=False)
     if ctx.n_outputs <= 1:
         return y
     if training:
         mom = work.type(ctx.attr("momentum", 0.9))
-        run_mean = param(mean) * mom + cur_mean * (1 - mom)
-        run_var = param(var) * mom + cur_var * (1 - mom)
+        run_mean = vec(mean) * mom + cur_mean * (1 - mom)
+        run_var = vec(var) * mom + cur_var * (1 - mom)
         stats = [run_mean, run_var, cur_mean, cur_var]
     else:
         stats = [mean, var, mean, var]
@@ -132,36 +161,37 @@ def _bn_grad_rule(ctx: OpContext, dy: TensorType, x: TensorType, scale: TensorTy
 @register("BatchNormalizationGrad", versions=(1,), infer=_bn_grad_rule, domain=ET_DOMAIN)
 def batch_normalization_grad_kernel(ctx, dy, x, scale, b, mean=None, var=None):
     # dy, x (N, C, ...); scale, b, mean, var (C,) -> dX like x, dscale like scale, dB like b
+    # dX's bytes first hold x - mean, for dscale = sum(dy * (x - mean)) / std (no temporaries)
     training = bool(ctx.attr("training"))
     work = _work_dtype(x.dtype, dy.dtype, scale.dtype,
                        *([] if training else [mean.dtype, var.dtype]))
     eps = work.type(ctx.attr("epsilon", 1e-5))
-    _, bshape, axes = _bn_geometry(x.shape, bool(ctx.attr("spatial", 1)))
-    xw, dyw = x.astype(work, copy=False), dy.astype(work, copy=False)
+    n, s, p = _bn_view(x.shape, bool(ctx.attr("spatial", 1)))
+    x3 = x.astype(work, copy=False).reshape(n, s, p)
+    dy3 = dy.astype(work, copy=False).reshape(n, s, p)
+    dx = planned(ctx)
+    if dx is None or dx.dtype != work:
+        dx = np.empty(x.shape, dtype=work)
+    dx3 = dx.reshape(n, s, p)
+    count = work.type(max(n * p, 1))
     if training:
-        m = xw.mean(axis=axes, keepdims=True)
-        v = np.square(xw - m).mean(axis=axes, keepdims=True)
+        m = _plane_sum(x3) / count
+        np.subtract(x3, m[:, None], out=dx3)
+        v = np.einsum("nsp,nsp->s", dx3, dx3) / count
     else:
-        m, v = (np.asarray(a).astype(work, copy=False).reshape(bshape) for a in (mean, var))
+        m, v = (np.asarray(a).astype(work, copy=False).reshape(s) for a in (mean, var))
+        np.subtract(x3, m[:, None], out=dx3)
     inv_std = 1 / np.sqrt(v + eps)
-    gain = scale.astype(work, copy=False).reshape(bshape) * inv_std
-    db = dyw.sum(axis=axes, keepdims=True)
-    out = planned(ctx)
-    if out is not None and out.dtype == work and not training:
-        # dX's bytes hold xhat * dy while the scale's gradient is summed: no temporaries
-        np.subtract(xw, m, out=out)
-        np.multiply(out, inv_std, out=out)
-        np.multiply(dyw, out, out=out)
-        ds = out.sum(axis=axes, keepdims=True)
-        dx = np.multiply(dyw, gain, out=out)
+    gain = scale.astype(work, copy=False).reshape(s) * inv_std
+    db = _plane_sum(dy3)
+    ds = np.einsum("nsp,nsp->s", dy3, dx3) * inv_std
+    if training:  # through the batch mean and variance too:
+        # dx = gain * (dy - db / count - (x - mean) * inv_std * ds / count)
+        _affine(dx3, -inv_std * ds / count, None, dx3)
+        np.add(dx3, dy3, out=dx3)
+        _affine(dx3, gain, -gain * db / count, dx3)
     else:
-        xhat = (xw - m) * inv_std
-        ds = (dyw * xhat).sum(axis=axes, keepdims=True)
-        if training:  # through the batch mean and variance too
-            count = work.type(x.size // max(m.size, 1))
-            dx = gain * (dyw - db / count - xhat * (ds / count))
-        else:
-            dx = dyw * gain
+        _affine(dy3, gain, None, dx3)
     return (dx.astype(x.dtype, copy=False), ds.reshape(scale.shape).astype(scale.dtype),
             db.reshape(b.shape).astype(b.dtype))
 
@@ -201,28 +231,44 @@ def _ln_rule(ctx: OpContext, x: TensorType, scale: TensorType,
     return [TensorType(x.dtype, x.shape), stat, stat][:max(ctx.n_outputs, 1)]
 
 
-def _ln_stats(ctx: OpContext, x: np.ndarray):
-    """Stage one: the normalized axes, mean, 1 / std and normalized X, in the working type."""
+def _ln_stats(ctx: OpContext, x: np.ndarray, xhat: np.ndarray | None = None):
+    """Stage one, on x as rows [R, n] (n: the normalized dims): n, mean and 1 / std [R, 1] and
+    normalized X [R, n], in the working type. ``xhat``: where to write normalized X (C-contiguous,
+    the working type, x's size), else a new array; both give the same bits."""
     axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
     work = np.promote_types(_ln_stash(ctx), x.dtype)
     eps = work.type(ctx.attr("epsilon", 1e-5))
-    axes = tuple(range(axis, x.ndim))
-    xs = x.astype(work, copy=False)
-    mean = xs.mean(axis=axes, keepdims=True)
-    d = xs - mean
-    inv_std = 1 / np.sqrt(np.mean(d * d, axis=axes, keepdims=True) + eps)
-    return axes, mean, inv_std, d * inv_std
+    n = int(np.prod(x.shape[axis:], dtype=np.int64))
+    rows = x.astype(work, copy=False).reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), n)
+    mean = rows.mean(axis=1, keepdims=True)
+    d = np.subtract(rows, mean, out=None if xhat is None else xhat.reshape(rows.shape))
+    var = np.einsum("ij,ij->i", d, d)[:, None] / work.type(max(n, 1))  # no d * d temporary
+    inv_std = 1 / np.sqrt(var + eps)
+    d *= inv_std
+    return n, mean, inv_std, d
+
+
+def _ln_buffer(out: np.ndarray | None, work: np.dtype) -> np.ndarray | None:
+    return out if out is not None and out.dtype == work and out.flags.c_contiguous else None
+
+
+def _ln_stat_shape(x: np.ndarray, axis: int) -> tuple[int, ...]:
+    return x.shape[:axis] + (1,) * (x.ndim - axis)
 
 
 @register("LayerNormalization", versions=(17,), infer=_ln_rule)
 def layer_normalization(ctx, x, scale, b=None):  # x (..., normalized dims) -> Y, Mean, InvStdDev
     stash = _ln_stash(ctx)
-    _, mean, inv_std, xhat = _ln_stats(ctx, x)
-    y = xhat.astype(x.dtype, copy=False) * scale.astype(x.dtype, copy=False)
+    work = np.promote_types(stash, x.dtype)
+    y = _ln_buffer(planned(ctx), work) if work == x.dtype else None  # xhat written into Y
+    _, mean, inv_std, xhat = _ln_stats(ctx, x, y)
+    y = xhat.astype(x.dtype, copy=False).reshape(x.shape)
+    y *= scale.astype(x.dtype, copy=False)
     if b is not None:
-        y = y + b.astype(x.dtype, copy=False)
-    y = y.astype(x.dtype, copy=False)
-    return (y, mean.astype(stash, copy=False), inv_std.astype(stash, copy=False))[:ctx.n_outputs]
+        y += b.astype(x.dtype, copy=False)
+    shape = _ln_stat_shape(x, normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim))
+    return (y, mean.astype(stash, copy=False).reshape(shape),
+            inv_std.astype(stash, copy=False).reshape(shape))[:ctx.n_outputs]
 
 
 # Gradient to X, Scale and B (none through the Mean and InvStdDev outputs). The backward keeps X
@@ -248,10 +294,18 @@ def _ln_grad_rule(ctx: OpContext, dy: TensorType, x: TensorType, scale: TensorTy
 
 @register("LayerNormalizationGrad", versions=(1,), infer=_ln_grad_rule, domain=ET_DOMAIN)
 def layer_normalization_grad_kernel(ctx, dy, x, scale):  # dy, x (S), scale (to S) -> dX, dScale
-    axes, _, inv_std, xhat = _ln_stats(ctx, x)
-    dyw = dy.astype(xhat.dtype, copy=False)
-    gx = dyw * scale.astype(xhat.dtype, copy=False)  # d loss / d xhat
-    dx = inv_std * (gx - gx.mean(axis=axes, keepdims=True)
-                    - xhat * (gx * xhat).mean(axis=axes, keepdims=True))
-    ds = sum_to_shape(dyw * xhat, scale.shape)
-    return dx.astype(x.dtype, copy=False), ds.astype(scale.dtype, copy=False)
+    n, _, inv_std, xhat = _ln_stats(ctx, x)
+    work = xhat.dtype
+    gx = _ln_buffer(planned(ctx), work) if work == x.dtype else None
+    gx = np.multiply(dy.astype(work, copy=False), scale.astype(work, copy=False),
+                     out=gx)  # d loss / d xhat, then dX in the same buffer
+    g2 = gx.reshape(xhat.shape)
+    m1 = g2.mean(axis=1, keepdims=True)
+    m2 = np.einsum("ij,ij->i", g2, xhat)[:, None] / work.type(max(n, 1))
+    t = np.multiply(dy.astype(work, copy=False).reshape(xhat.shape), xhat)
+    ds = sum_to_shape(t.reshape(x.shape), scale.shape)
+    t = np.multiply(xhat, m2, out=None if np.shares_memory(ds, t) else t)
+    g2 -= m1
+    g2 -= t
+    g2 *= inv_std  # dx = inv_std (gx - mean(gx) - xhat mean(gx xhat))
+    return gx.astype(x.dtype, copy=False), ds.astype(scale.dtype, copy=False)

@@ -6,10 +6,12 @@ covering every output position, combined with np.maximum / np.add. Padding never
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _window as W
-from .registry import OpContext, TensorType, register
+from .registry import OpContext, TensorType, planned, register
 from .rules import INT64, shape_error
 
 
@@ -48,6 +50,13 @@ def _pool_infer(ctx: OpContext, x: TensorType):
 BLOCK_BUDGET = 1 << 19  # bytes of padded input per block of rows (one row = one (n, c) plane)
 
 
+def _rows(out: np.ndarray | None, dtype: np.dtype, shape) -> np.ndarray:
+    """The output as (N*C, 1, *out) rows: the planned view when it has the type, else new."""
+    if out is not None and out.dtype == dtype:
+        return out.reshape(shape)
+    return np.empty(shape, dtype=dtype)
+
+
 def _lowest(dtype: np.dtype):
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
@@ -55,7 +64,7 @@ def _lowest(dtype: np.dtype):
 def _blocks(x: np.ndarray, win: W.Window, pad_value):
     """Yield (r0, r1, padded block (rows, 1, *reach)) over the N*C planes of x."""
     rows = x.reshape((-1, 1) + x.shape[2:])
-    row_bytes = int(np.prod(win.reach, dtype=np.int64)) * x.dtype.itemsize
+    row_bytes = math.prod(win.reach) * x.dtype.itemsize
     step = max(1, BLOCK_BUDGET // max(row_bytes, 1))
     for r0 in range(0, rows.shape[0], step):
         r1 = min(rows.shape[0], r0 + step)
@@ -101,7 +110,7 @@ def _indices(win: W.Window, best: np.ndarray, y: np.ndarray, low, column_major: 
 def max_pool(ctx, x):  # x (N, C, *in) -> y (N, C, *out) [, indices int64 (N, C, *out)]
     win = _pool_window(ctx, x.shape)
     n, c = x.shape[:2]
-    y = np.empty((n * c, 1) + win.out, dtype=x.dtype)
+    y = _rows(planned(ctx), x.dtype, (n * c, 1) + win.out)
     with_indices = ctx.n_outputs > 1
     slices = [W.tap_slices(win, t) for t in W.taps(win)]
     low = _lowest(x.dtype)
@@ -126,7 +135,7 @@ def max_pool(ctx, x):  # x (N, C, *in) -> y (N, C, *out) [, indices int64 (N, C,
             np.maximum(bb, tmp, out=bb)
     if not with_indices:
         return y.reshape(x.shape[:2] + win.out)
-    plane = int(np.prod(x.shape[2:], dtype=np.int64))
+    plane = math.prod(x.shape[2:])
     idx = _indices(win, best, y, low, bool(ctx.attr("storage_order", 0)), plane)
     return y.reshape(x.shape[:2] + win.out), idx.reshape(x.shape[:2] + win.out)
 
@@ -136,7 +145,7 @@ def average_pool(ctx, x):  # x (N, C, *in) -> (N, C, *out)
     win = _pool_window(ctx, x.shape)
     dt = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
     n, c = x.shape[:2]
-    total = np.empty((n * c, 1) + win.out, dtype=dt)
+    total = _rows(planned(ctx), dt, (n * c, 1) + win.out)
     slices = [W.tap_slices(win, t) for t in W.taps(win)]
     for r0, r1, xp in _blocks(x.astype(dt, copy=False), win, 0):
         tb = total[r0:r1]
@@ -158,7 +167,9 @@ def _global_infer(ctx: OpContext, x: TensorType):
 def global_average_pool(ctx, x):  # x (N, C, *in) -> (N, C, 1, ...)
     axes = tuple(range(2, x.ndim))
     dt = np.float32 if x.dtype == np.float16 else x.dtype
-    return np.mean(x, axis=axes, keepdims=True, dtype=dt).astype(x.dtype, copy=False)
+    out = planned(ctx)
+    out = out if out is not None and out.dtype == dt else None
+    return np.mean(x, axis=axes, keepdims=True, dtype=dt, out=out).astype(x.dtype, copy=False)
 
 
 @register("GlobalMaxPool", versions=(1, 22), infer=_global_infer)

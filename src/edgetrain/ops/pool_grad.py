@@ -17,6 +17,8 @@ count_include_pad depend on it).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _window as W
@@ -93,7 +95,7 @@ def _window(ctx: OpContext, forward: str, x_shape) -> tuple[W.Window, OpContext]
 
 
 def _row_blocks(rows: int, win: W.Window, itemsize: int):
-    row_bytes = int(np.prod(win.reach, dtype=np.int64)) * itemsize
+    row_bytes = math.prod(win.reach) * itemsize
     step = max(1, P.BLOCK_BUDGET // max(row_bytes, 1))
     return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
@@ -106,13 +108,13 @@ def _x_shape(a) -> tuple[int, ...]:
 
 def _scatter_by_indices(dy, idx, xs, column_major: bool):
     """dy, idx (N, C, *out) flat input indices -> dx (xs): dy added at each index."""
-    plane = int(np.prod(xs[2:], dtype=np.int64))
+    plane = math.prod(xs[2:])
     idx = idx.reshape(-1)
     if column_major:  # the spatial part is column-major; the (n, c) part is not
         row, pos = np.divmod(idx, plane)
         idx = row * plane + np.ravel_multi_index(np.unravel_index(pos, xs[2:], order="F"),
                                                  xs[2:])
-    total = int(np.prod(xs, dtype=np.int64))
+    total = math.prod(xs)
     dx = np.bincount(idx, weights=dy.reshape(-1), minlength=total)
     return dx.reshape(xs)
 
@@ -192,7 +194,7 @@ def average_pool_grad(ctx, dy, x_shape):  # dy (N, C, *out), x's shape -> dx (N,
 @register("GlobalAveragePoolGrad", versions=(1,), infer=_from_shape, domain=ET_DOMAIN)
 def global_average_pool_grad(ctx, dy, x_shape):  # dy (N, C, 1, ...), x's shape -> dx (N, C, *in)
     xs = _x_shape(x_shape)
-    plane = int(np.prod(xs[2:], dtype=np.int64))
+    plane = math.prod(xs[2:])
     dt = np.dtype(np.float32) if dy.dtype == np.float16 else dy.dtype
     share = dy.astype(dt) / dt.type(plane)
     return np.broadcast_to(share, xs).astype(dy.dtype)
