@@ -78,10 +78,18 @@ def run_capped(cmd: list[str], cap_mb: float, timeout: float = 1800) -> dict:
                 time.sleep(0.1)
 
 
-def smallest_cap(cmd: list[str], lo: float, hi: float, tol: float = 2.0, log=None) -> dict:
-    """Bisect the smallest cap in [lo, hi] MB under which ``cmd`` completes (to ``tol`` MB):
-    the run at that cap, plus ``failed_below``: the largest cap that failed."""
-    best = run_capped(cmd, hi)
+def smallest_cap(cmd, lo: float, hi: float, tol: float = 2.0, log=None, ok=None) -> dict:
+    """Bisect the smallest cap in [lo, hi] MB under which ``cmd`` (a list, or a function of the
+    cap giving one) completes (to ``tol`` MB), ``ok(run)`` deciding what completing is: the run
+    at that cap, plus ``failed_below``: the largest cap that failed."""
+    make = cmd if callable(cmd) else (lambda cap: cmd)
+    ok = ok or (lambda r: r["completed"])
+
+    def run(cap):
+        r = run_capped(make(cap), cap)
+        r["completed"] = ok(r)
+        return r
+    best = run(hi)
     if log:
         log(best)
     if not best["completed"]:
@@ -89,7 +97,7 @@ def smallest_cap(cmd: list[str], lo: float, hi: float, tol: float = 2.0, log=Non
     failed = lo
     while hi - failed > tol:
         mid = round((failed + hi) / 2, 1)
-        r = run_capped(cmd, mid)
+        r = run(mid)
         if log:
             log(r)
         if r["completed"]:
