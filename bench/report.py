@@ -1,6 +1,8 @@
 """docs/benchmarks.md from the results bench/run.py gathers (a dict, also saved as JSON)."""
 from __future__ import annotations
 
+import os
+
 ENGINE_NAMES = {"edgetrain": "edgetrain", "torch": "PyTorch eager", "ort": "ORT training",
                 "torch-bnbatch": "PyTorch eager, BN batch stats",
                 "ort-ln3": "ORT training, LayerNorm patched"}
@@ -268,4 +270,14 @@ def _method(res: dict) -> list[str]:
             "- Regenerate: `.venv/bin/python bench/run.py` (options: `--jobs`, `--engines`, "
             "`--steps`, `--warmup`, `--out`, `--json`; `--help`). The ORT venv is created on "
             "first use: `python3 -m venv bench/.venv-ort && bench/.venv-ort/bin/pip install "
-            "onnxruntime-training-cpu==1.19.2 onnx==1.16.2 torch==2.13.0`."]
+            "onnxruntime-training-cpu==1.19.2 onnx==1.16.2 torch==2.13.0`."] + _notes()
+
+
+def _notes() -> list[str]:
+    """bench/notes.md (profiles and measurements made by other commands, each named there),
+    appended as it is."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return ["", f.read().rstrip()]
