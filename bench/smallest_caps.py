@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--tol", type=float, default=0.03, help="bisection tolerance, relative")
+    ap.add_argument("--torch-peak", type=float, metavar="MB",
+                    help="PyTorch's peak RSS on the job, measured before (skips running it)")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     why = capped.available()
@@ -78,13 +80,14 @@ def main(argv=None) -> int:
             budgeted = capped.smallest_cap(
                 lambda cap: cmd(py, eng, job_dir, batches, a.steps, a.warmup,
                                 {"memory_budget_mb": round(max(cap - base, 1.0), 1)}),
-                base, best["cap_mb"], tol=2.0, log=log,
+                base, best["cap_mb"], tol=4.0, log=log,
                 ok=lambda r: r["completed"] and "error" not in result(r))
             out["engines"][eng].update(baseline_mb=base,
                                        smallest_cap_with_budget_mb=budgeted["cap_mb"],
                                        budgeted_failed_at_mb=budgeted["failed_below"])
         log({"engine": eng, **out["engines"][eng]})
-    torch_peak = out["engines"].get("torch", {}).get("uncapped", {}).get("peak_rss_mb")
+    torch_peak = a.torch_peak or out["engines"].get("torch", {}).get("uncapped", {}).get(
+        "peak_rss_mb")
     if torch_peak and "edgetrain" in out["engines"]:
         cap = round(torch_peak * a.fraction, 1)
         base = capped.run_capped(cmd(sys.executable, "edgetrain", job_dir, batches, 0, 0), 1e6)

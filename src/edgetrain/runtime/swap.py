@@ -14,12 +14,14 @@ them), the step list gets:
 The same bytes come back, so results are bit-identical. The file is created unnamed (O_TMPFILE,
 else unlinked at once), so it disappears when the process ends, whatever the way; its blocks
 are reserved when the plan is bound (``posix_fallocate``), so a full disk or an unwritable
-directory is an error before the step runs, not in the middle of it. After each write the
-file's pages are sent back to storage at once and dropped from the page cache
-(``POSIX_FADV_DONTNEED``, again after the read): data in the cache has not left memory.
+directory is an error before the step runs, not in the middle of it. Data in the page cache has
+not left memory (and a cgroup counts it): the file is opened with ``O_DIRECT`` and the bytes go
+through a 1 MiB page-aligned staging buffer, bypassing the cache; where the file system has no
+``O_DIRECT`` (tmpfs: memory anyway), writes are followed by ``POSIX_FADV_DONTNEED``.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +32,7 @@ from ..errors import EdgetrainError
 from ..ops.registry import ET_DOMAIN, OpContext, TensorType, planned, register
 
 PAGE = 4096
+BOUNCE = 1 << 20  # bytes staged per O_DIRECT transfer
 
 
 class SwapError(EdgetrainError):
@@ -47,6 +50,8 @@ class SwapFile:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}
         self.written = self.read_back = 0  # bytes, for reports and tests
+        self.direct = False  # O_DIRECT: transfers through a small page-aligned buffer
+        self._bounce: mmap.mmap | None = None
 
     def add(self, nbytes: int) -> int:
         self.slots.append((self.size, int(nbytes)))
@@ -59,11 +64,16 @@ class SwapFile:
             return
         where = self.directory or tempfile.gettempdir()
         try:
-            try:
-                fd = os.open(where, os.O_TMPFILE | os.O_RDWR, 0o600)
-            except (AttributeError, OSError) as e:
-                if isinstance(e, OSError) and e.errno not in (95, 21, 22):  # unsupported
-                    raise
+            fd = None
+            for flags in (os.O_DIRECT, 0):  # O_DIRECT: the bytes bypass the page cache
+                try:
+                    fd = os.open(where, os.O_TMPFILE | os.O_RDWR | flags, 0o600)
+                    self.direct = bool(flags)
+                    break
+                except (AttributeError, OSError) as e:
+                    if isinstance(e, OSError) and e.errno not in (95, 21, 22):  # unsupported
+                        raise
+            if fd is None:
                 f = tempfile.TemporaryFile(dir=where)
                 fd = os.dup(f.fileno())
                 f.close()
@@ -77,6 +87,8 @@ class SwapFile:
                             f"{e.strerror or e}; give a writable directory with room "
                             "(Module(swap_dir=...)) or a larger memory budget") from e
         self._fd = fd
+        if self.direct:  # page-aligned staging for O_DIRECT transfers (the thread's alone)
+            self._bounce = mmap.mmap(-1, BOUNCE)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgetrain-swap")
 
     def close(self) -> None:
@@ -95,6 +107,16 @@ class SwapFile:
     def _write(self, slot: int, data: np.ndarray) -> None:
         off, n = self.slots[slot]
         view = memoryview(data.reshape(-1).view(np.uint8))
+        if self.direct:
+            stage = memoryview(self._bounce)
+            for lo in range(0, n, BOUNCE):
+                k = min(BOUNCE, n - lo)
+                stage[:k] = view[lo:lo + k]
+                padded = -(-k // PAGE) * PAGE  # the slot is page-rounded: room for the pad
+                if os.pwrite(self._fd, stage[:padded], off + lo) != padded:
+                    raise OSError(5, "short write to the swap file")
+            self.written += n
+            return
         done = 0
         while done < n:
             done += os.pwrite(self._fd, view[done:], off + done)
@@ -106,6 +128,16 @@ class SwapFile:
     def _read(self, slot: int, out: np.ndarray) -> None:
         off, n = self.slots[slot]
         view = memoryview(out.reshape(-1).view(np.uint8))
+        if self.direct:
+            stage = memoryview(self._bounce)
+            for lo in range(0, n, BOUNCE):
+                k = min(BOUNCE, n - lo)
+                padded = -(-k // PAGE) * PAGE
+                if os.preadv(self._fd, [stage[:padded]], off + lo) < k:
+                    raise SwapError(f"swap file ended early reading slot {slot}")
+                view[lo:lo + k] = stage[:k]
+            self.read_back += n
+            return
         done = 0
         while done < n:
             got = os.preadv(self._fd, [view[done:]], off + done)

@@ -194,17 +194,22 @@ class MicroBatcher:
         m, r = self.module, self.module._roles
         batch = len(feeds[r.inputs[0]])
         part = [np.asarray(feeds[n])[:size] for n in m.input_names()]
+        # a whole batch: the plain step (module(...) keeps gradients; the fused one keeps less);
+        # parts: the fused step whose hook adds into the batch's gradients, kept outside
+        fused = size < batch
         settings = None
         if swap:
-            plain = m.memory_plan(*part, fused=False)
+            plain = m.memory_plan(*part, fused=fused)
             outside = self.need(feeds, size) - plain.placement.arena
             settings = self.swap_settings(self.budget - outside)
         m._set_swap(settings)
         try:
-            plan = m.memory_plan(*part, fused=False)
+            plan = m.memory_plan(*part, fused=fused)
         finally:
             m._set_swap(None)
         total = plan.placement.arena + sum(plan.external_bytes.values())
+        if fused:
+            total += sum(np.asarray(m._state._tensors[p]).nbytes for p in r.trainable)
         total += sum(np.asarray(feeds[n]).nbytes for n in r.inputs) * (batch - size) // batch
         return total + max(0, self.state_bytes - plan.external_bytes.get("optimizer state", 0))
 
@@ -274,7 +279,8 @@ class MicroBatcher:
     def _swap_for(self, feeds, size: int) -> None:
         m = self.module
         part = [np.asarray(feeds[n])[:size] for n in m.input_names()]
-        outside = self.need(feeds, size) - m.memory_plan(*part, fused=False).placement.arena
+        plan = m.memory_plan(*part, fused=size < len(feeds[m._roles.inputs[0]]))
+        outside = self.need(feeds, size) - plan.placement.arena
         m._set_swap(self.swap_settings(self.budget - outside))
 
     def step(self, feeds: dict[str, np.ndarray], size: int, hook=None):
