@@ -81,7 +81,8 @@ def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return y
 
 
-COLS_BUDGET = 1 << 26   # bytes of im2col columns built at once (images are done in chunks)
+COLS_BUDGET = 1 << 22   # bytes of im2col columns built at once (images are done in chunks):
+# outside the planned arena, so small (64 MiB here made MobileNetV2-224's step 100 MB over plan)
 BLOCK_BUDGET = 1 << 20  # bytes of scratch per block of the depthwise kernels (stays in cache)
 
 
@@ -99,17 +100,17 @@ def conv_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: W.Window,
     p = math.prod(win.out)
     if cg == 1 and group == c and win.n_taps > 1:  # depthwise: no im2col
         return _add_bias(D.forward(x, w, win, BLOCK_BUDGET, out), b)
-    xp = W.pad_input(x, win, 0)
-    if win.n_taps == 1:  # 1x1: the (strided) input is the column matrix
-        cols = xp[W.tap_slices(win, (0,) * win.ndim)]
-    else:
-        cols = W.im2col_view(xp, win)                                # (N, C, *k, *out) view
     wg = w.reshape(group, m // group, cg * win.n_taps)
     shape = (n, group, m // group, p)
     y = np.empty(shape, dtype=x.dtype) if out is None else out.reshape(shape)
     item = c * win.n_taps * p * x.dtype.itemsize
     for b0, b1 in _chunks(n, item, COLS_BUDGET):   # one batched GEMM per chunk of images
-        np.matmul(wg, cols[b0:b1].reshape(b1 - b0, group, cg * win.n_taps, p), out=y[b0:b1])
+        xp = W.pad_input(x[b0:b1], win, 0)          # padded a chunk at a time, not the batch
+        if win.n_taps == 1:  # 1x1: the (strided) input is the column matrix
+            cols = xp[W.tap_slices(win, (0,) * win.ndim)]
+        else:
+            cols = W.im2col_view(xp, win)                            # (n', C, *k, *out) view
+        np.matmul(wg, cols.reshape(b1 - b0, group, cg * win.n_taps, p), out=y[b0:b1])
     return _add_bias(y.reshape((n, m) + win.out), b)
 
 

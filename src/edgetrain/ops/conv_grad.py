@@ -109,8 +109,8 @@ def conv_dw(x: np.ndarray, dy: np.ndarray, win: W.Window, group: int,
     k, p = win.n_taps, math.prod(win.out)
     if cg == 1 and group == c and k > 1:
         return D.grad_w(x, dy, win, C.BLOCK_BUDGET)
-    xp = W.pad_input(x, win, 0)
     if k == 1 and p >= LONG_PLANE:  # 1x1, long planes: one GEMM per image, summed in place
+        xp = W.pad_input(x, win, 0)
         xs = xp[W.tap_slices(win, (0,) * nd)].reshape(n, group, cg, p)
         dyg = dy.reshape(n, group, mg, p)
         dw, part = np.zeros((group, mg, cg), dtype=dy.dtype), np.empty((group, mg, cg), dy.dtype)
@@ -118,12 +118,12 @@ def conv_dw(x: np.ndarray, dy: np.ndarray, win: W.Window, group: int,
             dw += np.matmul(dyg[i], xs[i].transpose(0, 2, 1), out=part)
         return dw.reshape(w_shape)
     # otherwise (1x1 too): the images' columns side by side, one GEMM per chunk of images
-    cols = W.im2col_view(xp, win)                                   # (N, C, *k, *out) view
     perm = (1, 2) + tuple(range(3, 3 + nd)) + (0,) + tuple(range(3 + nd, 3 + 2 * nd))
     dw = np.zeros((group, mg, cg * k), dtype=dy.dtype)
     for b0, b1 in C._chunks(n, c * k * p * dy.dtype.itemsize, C.COLS_BUDGET):
         nb = b1 - b0                                                 # columns: (g, Cg*K, n'P)
-        v = cols[b0:b1].reshape((nb, group, cg) + win.kernel + win.out)
+        cols = W.im2col_view(W.pad_input(x[b0:b1], win, 0), win)    # a chunk, padded: a view
+        v = cols.reshape((nb, group, cg) + win.kernel + win.out)
         colst = np.ascontiguousarray(v.transpose(perm)).reshape(group, cg * k, nb * p)
         dyc = np.ascontiguousarray(dy[b0:b1].reshape(nb, group, mg, p).transpose(1, 2, 0, 3))
         dw += np.matmul(dyc.reshape(group, mg, nb * p), colst.transpose(0, 2, 1))

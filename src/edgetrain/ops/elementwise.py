@@ -345,17 +345,25 @@ def clip_grad(g, node, dys):  # dx = dy where lo < x < hi (strictly, as torch); 
     return [g.et("ClipGrad", [dys[0], node.outputs[0], *node.inputs[1:3]], **node.attrs)] + rest
 
 
+MASK_BLOCK = 1 << 16  # elements per block of ClipGrad's mask
+
+
 @register("ClipGrad", versions=(1,), infer=same_as(0), domain=ET_DOMAIN)
 def clip_grad_kernel(ctx, dy, y, lo=None, hi=None):  # dy, y = clip(x) (S) -> dx (S); keeps y
     lo = ctx.attr("min", -np.inf) if lo is None else lo  # attributes before opset 11
     hi = ctx.attr("max", np.inf) if hi is None else hi
-    inside = (y > lo) & (y < hi)
     out = planned(ctx)
     if out is None:
-        return np.where(inside, dy, dy.dtype.type(0))
+        return np.where((y > lo) & (y < hi), dy, dy.dtype.type(0))
     if out.ctypes.data != dy.ctypes.data:
         np.copyto(out, dy)
-    np.copyto(out, dy.dtype.type(0), where=~inside)
+    flat_y, flat_out = y.reshape(-1), out.reshape(-1)  # the arena's views are contiguous
+    zero = dy.dtype.type(0)
+    for a in range(0, flat_y.size, MASK_BLOCK):  # masks a block at a time: no tensor-size temps
+        yb = flat_y[a:a + MASK_BLOCK]
+        inside = yb > lo
+        inside &= yb < hi
+        np.copyto(flat_out[a:a + MASK_BLOCK], zero, where=~inside)  # NaN: outside, as before
     return out
 
 
