@@ -54,9 +54,10 @@ def needs(job_dir: str, batches: str) -> tuple[float, float, float]:
     full = m._micro.need(feeds, len(x[0]))
     why = m._micro.why_not(feeds)
     least = m._micro.need(feeds, len(x[0]) if why else 1, swap=True)
-    fixed = (sum(np.asarray(state._tensors[k]).nbytes for k in m._roles.params + m._roles.buffers)
-             + m._micro.state_bytes + x[0].nbytes + y[0].nbytes)
-    return full / 2 ** 20, fixed / 2 ** 20, least / 2 ** 20
+    loaded = (sum(np.asarray(state._tensors[k]).nbytes for k in m._roles.params + m._roles.buffers)
+              + x[0].nbytes + y[0].nbytes)
+    fixed = loaded + m._micro.state_bytes
+    return full / 2 ** 20, fixed / 2 ** 20, least / 2 ** 20, loaded / 2 ** 20
 
 
 def sweep(job: str, work: str, steps: int, warmup: int, log) -> dict:
@@ -70,8 +71,8 @@ def sweep(job: str, work: str, steps: int, warmup: int, log) -> dict:
          os.path.join(job_dir, "artifacts_edgetrain")], 1e6)
     assert subprocess_ok["completed"], subprocess_ok["output"][-2000:]
     base = capped.run_capped(worker(job_dir, batches, 0, 0, {}), 1e6)
-    baseline = base["max_usage_mb"]
-    full, fixed, least = needs(job_dir, batches)
+    full, fixed, least, loaded = needs(job_dir, batches)
+    baseline = base["max_usage_mb"] - loaded  # the budget counts the parameters and batch
     budgets = [(f"{int(f * 100)}%", fixed + f * (full - fixed)) for f in FRACTIONS]
     budgets = [(label, mb) for label, mb in budgets if mb > least] + [("least", least)]
     rows = []
@@ -90,7 +91,7 @@ def sweep(job: str, work: str, steps: int, warmup: int, log) -> dict:
             row["error"] = f"killed at the cap (exit {run['rc']}, OOM kills {run['oom_kills']})"
         log(row)
         rows.append(row)
-    return {"job": job, "spec": spec, "baseline_mb": baseline, "full_mb": full,
+    return {"job": job, "spec": spec, "baseline_mb": round(baseline, 1), "full_mb": full,
             "fixed_mb": fixed, "least_mb": least, "rows": rows}
 
 
@@ -164,8 +165,9 @@ def main(argv=None) -> int:
                                    f"{r['fixed_mb']:.1f} fixed, {r['least_mb']:.1f} least"
                                    for r in results) + "). "
             f"Each run: {a.warmup} warm-up + {a.steps} steps under a hard "
-            "cgroup cap (page cache counted) of the budget plus the process's baseline "
-            "(measured the same way with no step: " + ", ".join(
+            "cgroup cap (page cache counted) of the budget plus the process's baseline (measured "
+            "the same way with no step, less the parameters and batch it has loaded, which the "
+            "budget counts: " + ", ".join(
                 f"{r['job']} {r['baseline_mb']:.0f} MB" for r in results) + ").\n\n"
             + table(results) + "\n\n![budget sweep](budget_sweep.png)\n")
     with open(a.out, "w") as f:

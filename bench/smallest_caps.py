@@ -31,6 +31,17 @@ def cmd(python: str, engine: str, job_dir: str, batches: str, steps: int, warmup
     return c + (["--knobs", json.dumps(knobs)] if knobs else [])
 
 
+def loaded_mb(job_dir: str, batches: str) -> float:
+    """What both the process's baseline and a budget count: the parameters and the batch."""
+    import numpy as np
+    from edgetrain.api import CheckpointState
+    state = CheckpointState.load_checkpoint(
+        os.path.join(job_dir, "artifacts_edgetrain", "checkpoint"))
+    params = sum(np.asarray(p.data).nbytes for p in state.parameters.values())
+    x, y = data.load(batches)
+    return (params + x[0].nbytes + y[0].nbytes) / 2 ** 20
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--job", default="mnv2_224_all")
@@ -76,7 +87,9 @@ def main(argv=None) -> int:
             "uncapped_cgroup_peak_mb": free["max_usage_mb"],
             "smallest_cap_mb": best["cap_mb"], "failed_at_mb": best["failed_below"]}
         if eng == "edgetrain":  # and with a budget: the cap less the process's own baseline
+            # (the baseline holds the parameters and the batch, which the budget counts too)
             base = capped.run_capped(cmd(py, eng, job_dir, batches, 0, 0), 1e6)["max_usage_mb"]
+            base -= loaded_mb(job_dir, batches)
             budgeted = capped.smallest_cap(
                 lambda cap: cmd(py, eng, job_dir, batches, a.steps, a.warmup,
                                 {"memory_budget_mb": round(max(cap - base, 1.0), 1)}),
@@ -91,7 +104,7 @@ def main(argv=None) -> int:
     if torch_peak and "edgetrain" in out["engines"]:
         cap = round(torch_peak * a.fraction, 1)
         base = capped.run_capped(cmd(sys.executable, "edgetrain", job_dir, batches, 0, 0), 1e6)
-        budget = round(cap - base["max_usage_mb"], 1)
+        budget = round(cap - base["max_usage_mb"] + loaded_mb(job_dir, batches), 1)
         run = capped.run_capped(cmd(sys.executable, "edgetrain", job_dir, batches, a.steps,
                                     a.warmup, {"memory_budget_mb": budget}), cap)
         res = result(run)
