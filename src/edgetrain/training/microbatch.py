@@ -154,6 +154,12 @@ def part_weights(split: Mapping | None, labels: np.ndarray | None, batch: int,
     raise MemoryBudgetError(f"unknown loss split {kind!r}")
 
 
+# What a step uses outside its plan, bounded by construction: im2col columns (ops/conv.py's
+# COLS_BUDGET, 4 MiB), depthwise blocks (1 MiB), the swap staging buffer (1 MiB), masks and
+# small temporaries. Without it a budget met on paper was 2 MB over under a hard cap.
+SCRATCH = 8 * 2 ** 20
+
+
 def _divisors_below(n: int) -> list[int]:
     return [k for k in range(n - 1, 0, -1) if n % k == 0]
 
@@ -211,6 +217,7 @@ class MicroBatcher:
         if fused:
             total += sum(np.asarray(m._state._tensors[p]).nbytes for p in r.trainable)
         total += sum(np.asarray(feeds[n]).nbytes for n in r.inputs) * (batch - size) // batch
+        total += SCRATCH
         return total + max(0, self.state_bytes - plan.external_bytes.get("optimizer state", 0))
 
     def swap_settings(self, arena_target: int):
