@@ -102,7 +102,8 @@ def test_training_is_bit_identical_with_every_memory_setting(tmp_path, name):
     run = MANIFEST["runs"][name]
     ref_losses, ref_state, _ = _train(run, tmp_path / "ref", 3, planned=False)
     for i, knobs in enumerate([{}, {"recompute": False}, {"inplace": False, "recompute": False},
-                               {"chunk_frozen": False}, {"chunk_budget_mb": 1e-6}]):
+                               {"chunk_frozen": False}, {"chunk_budget_mb": 1e-6},
+                               {"recompute": 2}, {"recompute": 3}]):
         losses, state, module = _train(run, tmp_path / str(i), 3, **knobs)
         if name == "cnn_sgd_frozen_last" and knobs.get("chunk_frozen", True):
             assert module._prefix, "the frozen backbone should run in chunks"
@@ -155,3 +156,16 @@ def test_recompute_keeps_less_and_kernels_write_in_place(tmp_path):
         assert ex.copied_bytes < 0.1 * 2 * written, (ex.copied_bytes, written)
     assert plans[True].recomputed > 0 and plans[False].recomputed == 0
     assert plans[True].placement.arena < plans[False].placement.arena
+
+
+def test_segment_checkpointing_recomputes_expensive_steps_and_keeps_less(tmp_path):
+    run = MANIFEST["runs"]["cnn_sgd_train"]
+    data = np.load(GOLDEN / run["data"])
+    plans = {}
+    for knob in (True, 2):
+        _, _, module = _train(run, tmp_path / str(knob), 1, recompute=knob)
+        plans[knob] = module.memory_plan(data["x"][0], data["labels"][0])
+    recomputed = {s.node.op_type for s in plans[2].inferred.steps if s.node.name.endswith(
+        "::recomputed")}
+    assert "Conv" in recomputed and plans[2].recomputed > plans[True].recomputed
+    assert plans[2].placement.lower_bound < plans[True].placement.lower_bound

@@ -73,12 +73,13 @@ def make_plan(graph: Graph, signature: Mapping[str, TensorType], *, inplace: boo
 
 
 def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, TensorType], *,
-                  inplace: bool = True, recompute: bool = True,
+                  inplace: bool = True, recompute: bool | int = True,
                   swap: SwapSettings | None = None) -> Plan:
     """The plan of the steps ``infer`` gave for ``signature``.
 
     ``inplace``: elementwise ops write over an input that dies there. ``recompute``: cheap
-    activations are computed again in backward rather than kept (:mod:`.recompute`). Steps that
+    activations are computed again in backward rather than kept (:mod:`.recompute`); an integer
+    K also keeps only every K-th expensive activation (segment checkpointing). Steps that
     update a parameter in place run as soon as they safely can (:mod:`.mutation`). ``swap``:
     activations go to storage between forward and backward until the plan fits its target
     (:mod:`.swap`).
@@ -91,7 +92,8 @@ def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, Tens
     outputs = [v.name for v in graph.outputs]
     n_recomputed = 0
     if recompute:
-        inferred, n_recomputed = recompute_cheap(inferred, seed, external, outputs)
+        segments = recompute if not isinstance(recompute, bool) else None
+        inferred, n_recomputed = recompute_cheap(inferred, seed, external, outputs, segments)
     if any(s.opdef.mutates is not None for s in inferred.steps):  # optimizer updates, early
         inferred = Inferred(inferred.types, settle(inferred.steps), inferred.constants)
     swap_file, n_swapped = None, 0

@@ -36,24 +36,45 @@ def _cheap(step: Step) -> bool:
     return not (node.op_type == "BatchNormalization" and node.attrs.get("training_mode", 0))
 
 
+def _recomputable(step: Step) -> bool:
+    """Any deterministic forward step with one output (segment checkpointing)."""
+    node = step.node
+    return (step.opdef.foldable and step.opdef.mutates is None and node.outputs
+            and sum(1 for y in node.outputs if y) == 1 and node.domain in ("", "ai.onnx")
+            and not (node.op_type == "BatchNormalization" and node.attrs.get("training_mode", 0)))
+
+
+def segment_values(steps: Sequence[Step], backward_from: int, every: int) -> set[str]:
+    """Segment checkpointing: of the values that expensive forward steps make and backward
+    reads, keep every ``every``-th (the checkpoints); the others may be recomputed, each from
+    the checkpoint before it, when backward reaches their segment."""
+    read_later = {x for s in steps[backward_from:] for x in s.node.inputs if x}
+    made = [s.node.outputs[0] for s in steps[:backward_from]
+            if not _cheap(s) and _recomputable(s) and s.node.outputs[0] in read_later]
+    return {y for i, y in enumerate(made) if i % every != every - 1}
+
+
 def recompute(inferred: Inferred, backward_from: int | None, external: set[str],
-              outputs: Sequence[str]) -> tuple[Inferred, int]:
-    """The steps with cheap activations recomputed in backward, and how many were."""
+              outputs: Sequence[str], segments: int | None = None) -> tuple[Inferred, int]:
+    """The steps with cheap activations recomputed in backward (and, with ``segments=K``, all
+    but every K-th expensive one: :func:`segment_values`), and how many were."""
     steps = inferred.steps
     if backward_from is None:
         return inferred, 0
     forward, backward = steps[:backward_from], steps[backward_from:]
     read_later = {x for s in backward for x in s.node.inputs if x}
     keep = set(outputs)
+    extra = segment_values(steps, backward_from, segments) if segments and segments > 1 else set()
     # recomputable: a cheap step whose inputs backward has (kept, recomputable, or external)
     can: dict[str, Step] = {}
     for s in forward:
-        y = s.node.outputs[0]
-        if not _cheap(s) or y in keep:
+        y = s.node.outputs[0] if s.node.outputs else ""
+        if not (_cheap(s) or (y in extra and _recomputable(s))) or y in keep:
             continue
         ins = [x for x in s.node.inputs if x and x not in external]
         if all(x in can or x in read_later for x in ins):
             can[y] = s
+    # an expensive value is recomputed only to be read: its inputs then live no longer than it
     chosen = {y: s for y, s in can.items() if y in read_later}
     if not chosen:
         return inferred, 0

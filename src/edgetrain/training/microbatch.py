@@ -158,6 +158,7 @@ def part_weights(split: Mapping | None, labels: np.ndarray | None, batch: int,
 # COLS_BUDGET, 4 MiB), depthwise blocks (1 MiB), the swap staging buffer (1 MiB), masks and
 # small temporaries. Without it a budget met on paper was 2 MB over under a hard cap.
 SCRATCH = 8 * 2 ** 20
+SEGMENTS = 2  # segment checkpointing under a budget: keep every other expensive activation
 
 
 def _divisors_below(n: int) -> list[int]:
@@ -193,10 +194,12 @@ class MicroBatcher:
             self._sizes[key] = self._decide(dict(feeds))
         return self._sizes[key]
 
-    def need(self, feeds: Mapping[str, np.ndarray], size: int, swap: bool = False) -> int:
+    def need(self, feeds: Mapping[str, np.ndarray], size: int, swap: bool = False,
+             segments: int | None = None) -> int:
         """Bytes a step planned for parts of ``size`` samples needs (what memory_plan counts,
         with the whole batch's inputs and the optimizer state to come); with ``swap``, when
-        activations go to storage to fit the budget (as far as they can)."""
+        activations go to storage to fit the budget (as far as they can); with ``segments``,
+        when only every such expensive activation is kept (segment checkpointing)."""
         m, r = self.module, self.module._roles
         batch = len(feeds[r.inputs[0]])
         part = [np.asarray(feeds[n])[:size] for n in m.input_names()]
@@ -205,20 +208,28 @@ class MicroBatcher:
         fused = size < batch
         settings = None
         if swap:
-            plain = m.memory_plan(*part, fused=fused)
-            outside = self.need(feeds, size) - plain.placement.arena
+            outside = self.need(feeds, size, segments=segments) - self._arena(part, fused,
+                                                                                segments)
             settings = self.swap_settings(self.budget - outside)
-        m._set_swap(settings)
+        m._set_planning(settings, segments)
         try:
             plan = m.memory_plan(*part, fused=fused)
         finally:
-            m._set_swap(None)
+            m._set_planning(None, None)
         total = plan.placement.arena + sum(plan.external_bytes.values())
         if fused:
             total += sum(np.asarray(m._state._tensors[p]).nbytes for p in r.trainable)
         total += sum(np.asarray(feeds[n]).nbytes for n in r.inputs) * (batch - size) // batch
         total += SCRATCH
         return total + max(0, self.state_bytes - plan.external_bytes.get("optimizer state", 0))
+
+    def _arena(self, part, fused: bool, segments: int | None) -> int:
+        m = self.module
+        m._set_planning(None, segments)
+        try:
+            return m.memory_plan(*part, fused=fused).placement.arena
+        finally:
+            m._set_planning(None, None)
 
     def swap_settings(self, arena_target: int):
         from ..plan.swap import SwapSettings
@@ -241,54 +252,62 @@ class MicroBatcher:
         users = [n for n in r.inputs if n not in set(r.labels)]
         return why_not_separable(graph, list(r.model_outputs), users, types)
 
+    # what a step may do to fit, cheapest first: swap and segments are bit-identical
+    OPTIONS = ({}, {"swap": True}, {"segments": SEGMENTS}, {"segments": SEGMENTS, "swap": True})
+
     def _decide(self, feeds: dict[str, np.ndarray]) -> int:
-        """Keep, swap, micro-batch, or micro-batch and swap: the first that fits the budget
-        (swapping is bit-identical, micro-batches are not). Sets the Module's swap."""
+        """Keep; swap; recompute segments; both; then the same in micro-batches: the first
+        that fits the budget. Sets the Module's planning options accordingly."""
         m = self.module
         feeds.update(m._state_feeds())
         batch = len(feeds[m._roles.inputs[0]])
         mib = 1 / 2 ** 20
-        full = swapped = None
+        full = least_whole = None
         if self.budget is not None:
             full = self.need(feeds, batch)
             if full <= self.budget:
                 return 0
-            swapped = self.need(feeds, batch, swap=True)
-            if swapped <= self.budget:
-                self._swap_for(feeds, batch)
-                return 0
+            for opt in self.OPTIONS[1:]:
+                got = self.need(feeds, batch, **opt)
+                least_whole = got if least_whole is None else min(least_whole, got)
+                if got <= self.budget:
+                    return self._choose(feeds, batch, opt, 0)
         elif self.fixed >= batch:
             return 0
         why = self.why_not(feeds)
         if why:
             if full is not None:
                 raise MemoryBudgetError(
-                    f"the step on a batch of {batch} needs {full * mib:.1f} MiB, "
-                    f"{swapped * mib:.1f} MiB when it swaps activations to storage; the budget "
-                    f"is {self.budget * mib:.1f} MiB, and it cannot run in micro-batches: {why}")
+                    f"the step on a batch of {batch} needs {full * mib:.1f} MiB, at least "
+                    f"{least_whole * mib:.1f} MiB when it swaps activations to storage or "
+                    f"recomputes them; the budget is {self.budget * mib:.1f} MiB, and it cannot "
+                    f"run in micro-batches: {why}")
             raise MemoryBudgetError(f"micro_batch={self.fixed}: cannot split this step: {why}")
         if self.budget is None:
             return min(self.fixed, batch)
         sizes = [k for k in _divisors_below(batch) if self.fixed is None or k <= self.fixed]
-        for k in sizes:
-            if self.need(feeds, k) <= self.budget:
-                return k
-        for k in sizes:
-            if self.need(feeds, k, swap=True) <= self.budget:
-                self._swap_for(feeds, k)
-                return k
-        least = self.need(feeds, 1, swap=True)
+        for opt in (self.OPTIONS[0], self.OPTIONS[-1]):
+            for k in sizes:
+                if self.need(feeds, k, **opt) <= self.budget:
+                    return self._choose(feeds, k, opt, k)
+        least = min(self.need(feeds, 1, **opt) for opt in self.OPTIONS[1:])
         raise MemoryBudgetError(
             f"the step cannot fit a budget of {self.budget * mib:.1f} MiB: a batch of {batch} "
-            f"needs {full * mib:.1f} MiB, micro-batches of one sample that swap activations "
-            f"{least * mib:.1f} MiB (the least it can reach)")
+            f"needs {full * mib:.1f} MiB, micro-batches of one sample that swap or recompute "
+            f"activations {least * mib:.1f} MiB (the least it can reach)")
 
-    def _swap_for(self, feeds, size: int) -> None:
+    def _choose(self, feeds, size: int, opt: dict, result: int) -> int:
+        """Set the Module's planning options for ``opt`` on parts of ``size``; ``result``."""
         m = self.module
-        part = [np.asarray(feeds[n])[:size] for n in m.input_names()]
-        plan = m.memory_plan(*part, fused=size < len(feeds[m._roles.inputs[0]]))
-        outside = self.need(feeds, size) - plan.placement.arena
-        m._set_swap(self.swap_settings(self.budget - outside))
+        segments, settings = opt.get("segments"), None
+        if opt.get("swap"):
+            part = [np.asarray(feeds[n])[:size] for n in m.input_names()]
+            fused = size < len(feeds[m._roles.inputs[0]])
+            outside = self.need(feeds, size, segments=segments) - self._arena(part, fused,
+                                                                                segments)
+            settings = self.swap_settings(self.budget - outside)
+        m._set_planning(settings, segments)
+        return result
 
     def step(self, feeds: dict[str, np.ndarray], size: int, hook=None):
         """A training step over ``feeds`` in parts of ``size`` samples; gradients stored (or

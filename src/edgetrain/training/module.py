@@ -46,6 +46,10 @@ class Module:
     * ``recompute=True``: cheap activations (BatchNorm in inference form, Clip/Relu, Add...)
       are computed again in backward instead of kept from forward: about one more pass over
       memory per such op, and about half the activation memory of a Conv-BN-ReLU network.
+      ``recompute=K`` (an integer) also keeps only every K-th expensive activation (Conv,
+      MatMul...) and recomputes the others from the one kept before them when backward reaches
+      their segment (segment checkpointing): MobileNetV2-96 all layers, K=2: 79.3 -> 56.9 MiB
+      of arena for ~15% more time; not always smaller (the LM's peak is elsewhere).
     * ``chunk_frozen=True``: when the first layers are frozen and treat samples independently
       (a backbone under a trainable head), their forward runs a few samples at a time, in an
       arena of about ``chunk_budget_mb`` (default 4 MiB); the rest of the step reads their
@@ -205,11 +209,17 @@ class Module:
         self._state.train_step += 1
         return outs[0] if n == 1 else outs[:n]
 
-    def _set_swap(self, settings) -> None:
-        """Swap settings (plan.swap.SwapSettings or None) for the steps planned from now on."""
+    def _set_planning(self, swap=None, segments: int | None = None) -> None:
+        """For the steps planned from now on: swap settings (plan.swap.SwapSettings or None),
+        and segment checkpointing (keep every ``segments``-th expensive activation; None: the
+        ``recompute`` option)."""
         for s in (self._train_session, self._rest_session, *self._fused.values()):
             if s is not None:
-                s.swap = settings
+                s.swap = swap
+                s.recompute = segments or self._knobs["recompute"]
+
+    def _set_swap(self, settings) -> None:
+        self._set_planning(settings, None)
 
     def _session_for(self, feeds: dict[str, np.ndarray], hook: UpdateHook | None = None
                      ) -> InferenceSession:
@@ -230,7 +240,7 @@ class Module:
             r = self._roles
             graph = fused_graph(base.graph, {p: r.gradients[p] for p in r.trainable}, hook)
             self._fused[key] = InferenceSession(graph, dynamic=base._dynamic, **self._knobs)
-            self._fused[key].swap = base.swap
+            self._fused[key].swap, self._fused[key].recompute = base.swap, base.recompute
         return self._fused[key]
 
     def memory_plan(self, *inputs, fused: bool = True, **named):
