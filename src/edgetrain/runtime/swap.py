@@ -39,6 +39,14 @@ class SwapError(EdgetrainError):
     """The swap location cannot hold the step's swapped tensors, or a transfer failed."""
 
 
+def _staged(n: int):
+    """(start, bytes, bytes rounded up to a page) of each staged piece of an n-byte transfer
+    (a slot is page-rounded, so the rounded tail fits in it)."""
+    for lo in range(0, n, BOUNCE):
+        k = min(BOUNCE, n - lo)
+        yield lo, k, -(-k // PAGE) * PAGE
+
+
 class SwapFile:
     """Slots of a swap file, and a background thread that moves bytes in and out of them."""
 
@@ -109,10 +117,8 @@ class SwapFile:
         view = memoryview(data.reshape(-1).view(np.uint8))
         if self.direct:
             stage = memoryview(self._bounce)
-            for lo in range(0, n, BOUNCE):
-                k = min(BOUNCE, n - lo)
+            for lo, k, padded in _staged(n):
                 stage[:k] = view[lo:lo + k]
-                padded = -(-k // PAGE) * PAGE  # the slot is page-rounded: room for the pad
                 if os.pwrite(self._fd, stage[:padded], off + lo) != padded:
                     raise OSError(5, "short write to the swap file")
             self.written += n
@@ -130,9 +136,7 @@ class SwapFile:
         view = memoryview(out.reshape(-1).view(np.uint8))
         if self.direct:
             stage = memoryview(self._bounce)
-            for lo in range(0, n, BOUNCE):
-                k = min(BOUNCE, n - lo)
-                padded = -(-k // PAGE) * PAGE
+            for lo, k, padded in _staged(n):
                 if os.preadv(self._fd, [stage[:padded]], off + lo) < k:
                     raise SwapError(f"swap file ended early reading slot {slot}")
                 view[lo:lo + k] = stage[:k]
