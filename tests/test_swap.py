@@ -148,3 +148,28 @@ def test_killed_during_swapped_steps_the_last_checkpoint_loads(tmp_path):
     state = CheckpointState.load_checkpoint(tmp_path / "ckpt")
     assert state.optimizer["step"] >= 1
     assert os.listdir(swapdir) == []  # the swap file had no name: nothing is left
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_swap_file_round_trips_bytes_of_any_size(tmp_path, monkeypatch, direct):
+    from edgetrain.runtime.swap import SwapFile
+    if not direct:  # a file system without O_DIRECT (tmpfs): the buffered path
+        monkeypatch.setattr(os, "O_DIRECT", 0, raising=False)
+    f = SwapFile(str(tmp_path))
+    sizes = [3 * 2 ** 20 + 123, 5, 2 ** 20]
+    slots = [f.add(n) for n in sizes]
+    f.open()
+    rng = np.random.default_rng(0)
+    data = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
+    for s, d in zip(slots, data):
+        f.start_write(s, d)
+    for s in slots:
+        f.wait(s)
+    back = [np.zeros_like(d) for d in data]
+    for s, b in zip(slots, back):
+        f.start_read(s, b)
+        f.wait(s)
+    for d, b in zip(data, back):
+        np.testing.assert_array_equal(d, b)
+    assert f.written == f.read_back == sum(sizes)
+    f.close()
