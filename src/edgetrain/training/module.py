@@ -60,12 +60,13 @@ class Module:
       the forward pass treats samples independently and the loss splits (checked; else an error
       says what mixes the samples).
     * ``memory_budget_mb``: the most the step may plan (arena, parameters, gradients,
-      optimizer state, inputs; the interpreter and libraries come on top). A step over it first
-      swaps activations to storage between forward and backward (bit-identical; a background
-      thread moves them ``swap_lookahead`` steps ahead of need, to a hidden file in ``swap_dir``,
-      default the temp directory), then runs in the largest micro-batches that fit (with swap
-      if need be); when nothing fits, the step is refused before anything runs, with the least
-      it needs.
+      optimizer state, inputs, 8 MiB of kernel scratch; the interpreter and libraries come on
+      top). A step over it first swaps activations to storage between forward and backward (a
+      background thread moves them ``swap_lookahead`` steps ahead of need, to a hidden file in
+      ``swap_dir``, default the temp directory), then recomputes segments, then both (all
+      bit-identical), then runs in the largest micro-batches that fit (plain, or with segments
+      and swap); when nothing fits, the step is refused before anything runs, with the least it
+      needs. Decided once per batch shape, from plans alone.
     All settings but the micro-batches give bit-identical results. ``memory_plan()`` reports
     the plan.
     """
