@@ -105,6 +105,13 @@ def test_plan_report_json_and_artifacts_folder(capsys, tmp_path):
     assert code == 0 and json.loads(out)["arena_bytes"] > 0
 
 
+def test_plan_memory_budget_says_what_it_would_do(capsys):
+    code, out, _ = run(capsys, "plan", CNN, "--batch", 8, "--memory-budget", 100)
+    assert code == 0 and out.startswith("memory budget 100.0 MiB: fits as it is")
+    code, _, err = run(capsys, "plan", CNN, "--batch", 8, "--memory-budget", 0.01)
+    one_line_error(code, err, "budget of 0.0 MiB", "the least it can reach")
+
+
 def test_plan_plot(capsys, tmp_path):
     try:
         import matplotlib  # noqa: F401

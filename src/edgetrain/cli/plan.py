@@ -12,6 +12,7 @@ from ..graph import load_graph
 from ..training.checkpoint import CheckpointState
 from ..training.graphs import ArtifactError, last_layers, split_state, untie_aliases
 from ..training.module import Module
+from ..training.optim import Optimizer
 from .. import artifacts as A
 from .artifacts import LOSSES, _match
 from .run import input_shape, parse_dims
@@ -36,6 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-recompute", action="store_true",
                    help="keep every activation backward reads instead of recomputing cheap ones")
     p.add_argument("--no-inplace", action="store_true", help="no ops written in place")
+    p.add_argument("--memory-budget", type=float, metavar="MB",
+                   help="what Module(memory_budget_mb=MB) would do to fit (swap, segments, "
+                        "micro-batches), and the plan of the step it would run")
     p.add_argument("--top", type=int, default=8, help="how many of the largest tensors to list")
     p.add_argument("--plot", metavar="FILE",
                    help="draw the memory timeline to FILE (.png, .svg, .pdf; needs matplotlib)")
@@ -122,23 +126,48 @@ def plot(plan, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def budget_choice(module: Module, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], str]:
+    """What ``memory_budget_mb`` makes of a step on ``inputs`` (the inputs of one part of it,
+    and a line saying what it chose); MemoryBudgetError with the least it can reach if none."""
+    size = module._micro.size_for(dict(zip(module.input_names(), inputs)))
+    session = module._train_session
+    how = [f"micro-batches of {size}"] if size else []
+    if not isinstance(session.recompute, bool):
+        how.append(f"segment checkpointing (every {session.recompute}th expensive activation "
+                   "kept)")
+    if session.swap is not None:
+        how.append("activations swapped to storage")
+    parts = [a[:size] for a in inputs] if size else inputs
+    return parts, (f"memory budget {module._micro.budget / 2 ** 20:.1f} MiB: "
+                   + (", ".join(how) or "fits as it is"))
+
+
 def main(args) -> int:
     if args.batch < 1:
         raise InputError(f"--batch must be at least 1, not {args.batch}")
     dims = parse_dims(args.dim)
+    line = None
     with tempfile.TemporaryDirectory() as folder:
-        module = load_module(artifacts_for(args, folder), recompute=not args.no_recompute,
-                             inplace=not args.no_inplace)
+        art = artifacts_for(args, folder, optimizer=A.AdamW() if args.memory_budget else None)
+        module = load_module(art, recompute=not args.no_recompute, inplace=not args.no_inplace,
+                             memory_budget_mb=args.memory_budget)
+        inputs = step_inputs(module, args.batch, dims)
+        if args.memory_budget and not args.eval:
+            optimizer = os.path.join(art, "optimizer_model.onnx")
+            if os.path.exists(optimizer):  # its state counts in the budget
+                Optimizer(optimizer, module)
+            inputs, line = budget_choice(module, inputs)
         if args.eval:
             module.eval()
-        plan = module.memory_plan(*step_inputs(module, args.batch, dims))
+        plan = module.memory_plan(*inputs)
     if args.plot:
         plot(plan, args.plot, f"{os.path.basename(args.model.rstrip('/'))}, batch {args.batch}"
                               f"{', eval' if args.eval else ''}")
     if args.json:
-        print(json.dumps({"model": args.model, "batch": args.batch, **plan.summary(args.top)}))
+        print(json.dumps({"model": args.model, "batch": args.batch, **plan.summary(args.top),
+                          **({"budget": line} if line else {})}))
     else:
-        print(plan.report(args.top))
+        print((line + "\n" if line else "") + plan.report(args.top))
         if args.plot:
             print(f"timeline written to {args.plot}")
     return 0
