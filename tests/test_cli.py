@@ -107,7 +107,13 @@ def test_plan_report_json_and_artifacts_folder(capsys, tmp_path):
 
 def test_plan_memory_budget_says_what_it_would_do(capsys):
     code, out, _ = run(capsys, "plan", CNN, "--batch", 8, "--memory-budget", 100)
-    assert code == 0 and out.startswith("memory budget 100.0 MiB: fits as it is")
+    assert code == 0 and out.startswith("memory budget 100 MiB: fits as it is")
+    code, out, _ = run(capsys, "plan", CNN, "--batch", 8, "--json")
+    full = json.loads(out)
+    code, out, _ = run(capsys, "plan", CNN, "--batch", 8, "--memory-budget", 0.1, "--json")
+    got = json.loads(out)
+    assert code == 0 and "micro-batches of" in got["budget"]
+    assert got["arena_bytes"] < full["arena_bytes"]
     code, _, err = run(capsys, "plan", CNN, "--batch", 8, "--memory-budget", 0.01)
     one_line_error(code, err, "budget of 0.0 MiB", "the least it can reach")
 

@@ -138,7 +138,7 @@ def budget_choice(module: Module, inputs: list[np.ndarray]) -> tuple[list[np.nda
     if session.swap is not None:
         how.append("activations swapped to storage")
     parts = [a[:size] for a in inputs] if size else inputs
-    return parts, (f"memory budget {module._micro.budget / 2 ** 20:.1f} MiB: "
+    return parts, (f"memory budget {module._micro.budget / 2 ** 20:.4g} MiB: "
                    + (", ".join(how) or "fits as it is"))
 
 

@@ -156,7 +156,8 @@ def part_weights(split: Mapping | None, labels: np.ndarray | None, batch: int,
 
 # What a step uses outside its plan, bounded by construction: im2col columns (ops/conv.py's
 # COLS_BUDGET, 4 MiB), depthwise blocks (1 MiB), the swap staging buffer (1 MiB), masks and
-# small temporaries. Without it a budget met on paper was 2 MB over under a hard cap.
+# small temporaries; and no more than twice the largest tensor (a small model's kernels need
+# little). Without it a budget met on paper was 2 MB over under a hard cap.
 SCRATCH = 8 * 2 ** 20
 SEGMENTS = 2  # segment checkpointing under a budget: keep every other expensive activation
 
@@ -220,7 +221,7 @@ class MicroBatcher:
         if fused:
             total += sum(np.asarray(m._state._tensors[p]).nbytes for p in r.trainable)
         total += sum(np.asarray(feeds[n]).nbytes for n in r.inputs) * (batch - size) // batch
-        total += SCRATCH
+        total += min(SCRATCH, 2 * max((b.nbytes for b in plan.buffers), default=0))
         return total + max(0, self.state_bytes - plan.external_bytes.get("optimizer state", 0))
 
     def _arena(self, part, fused: bool, segments: int | None) -> int:
