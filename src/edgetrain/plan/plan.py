@@ -11,7 +11,7 @@ from ..graph.ir import Graph
 from ..ops.registry import ET_DOMAIN, TensorType
 from .lifetimes import Buffer, analyze, nbytes
 from .mutation import settle
-from .swap import SwapSettings, choose
+from .swap import SUFFIX as SWAPPED, SwapSettings, choose
 from .placement import Placement, place
 from .recompute import SUFFIX, recompute as recompute_cheap
 
@@ -105,12 +105,15 @@ def plan_inferred(graph: Graph, inferred: Inferred, signature: Mapping[str, Tens
                                      min_bytes=swap.min_bytes, swap_file=swap_file)
         if not n_swapped:
             swap_file = None
+        else:  # the swap steps inserted in forward moved backward's first step
+            seed = next((i for i, s in enumerate(inferred.steps)
+                         if s.node.op_type == "OnesLike" and s.node.domain == ET_DOMAIN), None)
     steps = inferred.steps
     buffers, owner = analyze(steps, inferred.types, outputs, external, inplace=inplace,
                              backward_from=seed)
     for b in buffers:
-        if b.name.endswith(SUFFIX):
-            b.kind = "activation"  # recomputed in backward, but an activation all the same
+        if b.name.endswith((SUFFIX, SWAPPED)):
+            b.kind = "activation"  # recomputed or read back in backward: an activation still
     placement = place([b.interval() for b in buffers])
     sizes = {
         "inputs": sum(nbytes(inferred.types[k]) for k in signature),
