@@ -17,7 +17,8 @@ import numpy as np
 from ..errors import InputError
 from ..graph.ir import Graph
 from .artifacts import OPTIMIZERS
-from .plan import add_model_args, artifacts_for, load_module, step_inputs
+from ..training.optim import Optimizer
+from .plan import add_model_args, artifacts_for, budget_choice, load_module, step_inputs
 from .run import parse_dims
 
 RESULT = "EDGETRAIN_BENCH "
@@ -185,9 +186,14 @@ def main(args) -> int:
         if not os.path.exists(os.path.join(art, "optimizer_model.onnx")):
             raise InputError(f"{art!r} has no optimizer_model.onnx: make the artifacts with "
                              "an optimizer, or give the .onnx model")
-        module = load_module(art)
+        module = load_module(art, memory_budget_mb=args.memory_budget,
+                             micro_batch=args.micro_batch)
+        Optimizer(os.path.join(art, "optimizer_model.onnx"), module)  # its state counts
         batches = make_batches(module, args.batch, dims, args.seed)
-        plan = module.memory_plan(*[b[0] for b in batches.values()]).summary(0)
+        first = [b[0] for b in batches.values()]
+        if args.memory_budget or args.micro_batch:  # the plan of the step the budget chose
+            first = budget_choice(module, first)[0]
+        plan = module.memory_plan(*first).summary(0)
         data = os.path.join(folder, "batches.npz")
         np.savez(data, *batches.values())
         m = _measure(art, data, args)

@@ -138,8 +138,9 @@ def budget_choice(module: Module, inputs: list[np.ndarray]) -> tuple[list[np.nda
     if session.swap is not None:
         how.append("activations swapped to storage")
     parts = [a[:size] for a in inputs] if size else inputs
-    return parts, (f"memory budget {module._micro.budget / 2 ** 20:.4g} MiB: "
-                   + (", ".join(how) or "fits as it is"))
+    budget = module._micro.budget
+    head = f"memory budget {budget / 2 ** 20:.4g} MiB: " if budget else ""
+    return parts, head + (", ".join(how) or "fits as it is")
 
 
 def main(args) -> int:
