@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from edgetrain.ops.elementwise import erf
+from edgetrain.ops._erf import erf
 from edgetrain.ops.registry import ET_DOMAIN, make_context
 
 RNG = np.random.default_rng(0)

@@ -8,7 +8,8 @@ import numpy as np
 from .registry import (ET_DOMAIN, OpContext, TensorType, gradient, make_context, planned,
                        register)
 from .rules import BOOL, normalize_axis, same_as
-from .elementwise import erf, into, sigmoid
+from ._erf import erf
+from .elementwise import into, sigmoid
 
 
 def _keep(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
