@@ -66,3 +66,38 @@ def test_constant_outputs_and_folded_graph():
     (s,) = sess.run(None, {"X": np.zeros((5, 3), np.float32)})
     np.testing.assert_array_equal(s, [5, 3])
     assert sess.plan_for({"X": np.zeros((5, 3), np.float32)}).inferred.steps == []
+
+
+def test_feeds_seen_before_skip_the_checks_but_new_ones_do_not(monkeypatch):
+    """A run on feeds with the names, dtypes and shapes of an earlier run reuses its checks and
+    plan; any other feeds are checked again (a wrong dtype, shape or name still fails)."""
+    import pytest
+    from edgetrain.errors import InputError
+    from edgetrain.runtime import session as S
+
+    g = helper.make_graph([helper.make_node("Relu", ["X"], ["Y"])], "g",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", 3])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["n", 3])])
+    sess = edgetrain.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    calls, real = [], S.check_feeds
+
+    def counted(graph, feeds):
+        calls.append(1)
+        return real(graph, feeds)
+    monkeypatch.setattr(S, "check_feeds", counted)
+    x = np.array([[-1, 2, -3]], np.float32)
+    for _ in range(3):
+        np.testing.assert_array_equal(sess.run(None, {"X": x})[0], [[0, 2, 0]])
+    assert len(calls) == 1
+    np.testing.assert_array_equal(sess.run(None, {"X": -x})[0], [[1, 0, 3]])  # new values
+    assert len(calls) == 1
+    sess.run(None, {"X": np.zeros((2, 3), np.float32)})  # a new shape: checked
+    assert len(calls) == 2
+    with pytest.raises(InputError, match="dtype float64"):
+        sess.run(None, {"X": x.astype(np.float64)})
+    with pytest.raises(InputError, match="shape"):
+        sess.run(None, {"X": np.zeros((1, 4), np.float32)})
+    with pytest.raises(InputError, match="unknown input"):
+        sess.run(None, {"X": x, "Z": x})
+    with pytest.raises(InputError, match="unknown output"):
+        sess.run(["Q"], {"X": x})
